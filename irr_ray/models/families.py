@@ -4,12 +4,17 @@ Keyed on ``config.model_type`` (never on path substrings). Two layouts cover the
 transformers ships:
 
 * ``model.model.layers[i].self_attn / .mlp`` — Llama, Mistral, Qwen2/Qwen3, Gemma/Gemma2/Gemma3,
-  Phi-3, OLMo/OLMo2, Granite, …
+  Phi-3, OLMo/OLMo2/OLMo3, Granite, …
 * ``model.transformer.h[i].attn / .mlp`` — GPT-2.
 
-Each block's forward takes the residual stream as its first input and returns it (first element
-of a tuple, or the tensor itself); attention and MLP outputs are added back to the residual,
-which is what the three-site ablation in :mod:`irr_ray.core.hooks` relies on.
+Each block's forward takes the residual stream as its first input and returns it. Inside the block
+the residual is updated twice, ``x ← x + w_attn`` and ``x ← x + w_mlp``. The *write sites* are the
+modules whose outputs are those increments ``w``: the attention and MLP modules themselves in
+pre-norm families (Llama, GPT-2, …), but the **post-norms** in "sandwich-norm" families
+(Gemma2/Gemma3/OLMo2/OLMo3: ``x ← x + post_attention_layernorm(attn(…))``). The three-site
+ablation in :mod:`irr_ray.core.hooks` projects directions out of the write sites — projecting out
+of the raw attention output in a sandwich-norm family would not work, because the norm's per-channel
+gain re-introduces the direction.
 """
 
 from __future__ import annotations
@@ -20,21 +25,42 @@ from torch import nn
 
 from irr_ray.errors import UnsupportedArchitectureError
 
-# model_type -> (path to the ModuleList of blocks, attention attr, mlp attr)
-_LLAMA_LIKE = ("model.layers", "self_attn", "mlp")
-_GPT2 = ("transformer.h", "attn", "mlp")
 
-LAYOUTS: dict[str, tuple[str, str, str]] = {
+@dataclass(frozen=True)
+class FamilySpec:
+    """Attribute names of one layout: block container paths, attention / MLP, their write sites."""
+
+    block_paths: tuple[str, ...]  # dotted paths tried in order for the ModuleList of blocks
+    attn: str
+    mlp: str
+    attn_write: str  # module whose output is added to the residual after attention
+    mlp_write: str  # module whose output is added to the residual after the MLP
+
+
+# A bare base model (LlamaModel, GPT2Model) holds the blocks directly; a PEFT wrapper nests the
+# causal LM under base_model.model; Gemma3ForConditionalGeneration keeps its text tower under
+# model.language_model.
+_LLAMA_PATHS = ("model.layers", "model.language_model.layers", "layers", "base_model.model.model.layers")
+_GPT2_PATHS = ("transformer.h", "h", "base_model.model.transformer.h")
+
+_LLAMA_LIKE = FamilySpec(_LLAMA_PATHS, "self_attn", "mlp", "self_attn", "mlp")
+_SANDWICH_NORM = FamilySpec(
+    _LLAMA_PATHS, "self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm"
+)
+_GPT2 = FamilySpec(_GPT2_PATHS, "attn", "mlp", "attn", "mlp")
+
+LAYOUTS: dict[str, FamilySpec] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "gemma2": _SANDWICH_NORM,
+    "gemma3_text": _SANDWICH_NORM,
     "phi3": _LLAMA_LIKE,
     "olmo": _LLAMA_LIKE,
-    "olmo2": _LLAMA_LIKE,
+    "olmo2": _SANDWICH_NORM,
+    "olmo3": _SANDWICH_NORM,
     "granite": _LLAMA_LIKE,
     "gpt2": _GPT2,
 }
@@ -52,6 +78,7 @@ REFUSAL_TOKENS: dict[str, tuple[str, ...]] = {
     "phi3": ("I",),
     "olmo": ("I",),
     "olmo2": ("I",),
+    "olmo3": ("I",),
     "granite": ("I",),
     "gpt2": ("I",),
 }
@@ -74,6 +101,8 @@ class Layout:
     blocks: nn.ModuleList
     attn_name: str
     mlp_name: str
+    attn_write_name: str
+    mlp_write_name: str
 
     @property
     def num_layers(self) -> int:
@@ -85,6 +114,14 @@ class Layout:
     def mlp(self, i: int) -> nn.Module:
         return getattr(self.blocks[i], self.mlp_name)
 
+    def attn_write(self, i: int) -> nn.Module:
+        """Module whose output is added to the residual stream after attention in block ``i``."""
+        return getattr(self.blocks[i], self.attn_write_name)
+
+    def mlp_write(self, i: int) -> nn.Module:
+        """Module whose output is added to the residual stream after the MLP in block ``i``."""
+        return getattr(self.blocks[i], self.mlp_write_name)
+
 
 def model_type_of(model: nn.Module) -> str:
     config = getattr(model, "config", None)
@@ -95,26 +132,41 @@ def model_type_of(model: nn.Module) -> str:
     return str(mt)
 
 
+def _match(model: nn.Module, mt: str, spec: FamilySpec) -> Layout | None:
+    for path in spec.block_paths:
+        blocks = _get_attr_path(model, path)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            first = blocks[0]
+            if all(isinstance(getattr(first, name, None), nn.Module)
+                   for name in (spec.attn, spec.mlp, spec.attn_write, spec.mlp_write)):
+                return Layout(mt, blocks, spec.attn, spec.mlp, spec.attn_write, spec.mlp_write)
+    return None
+
+
 def get_layout(model: nn.Module) -> Layout:
-    """Return the decoder-block layout of ``model`` or raise a clear error naming what was looked for."""
+    """Return the decoder-block layout of ``model`` or raise a clear error naming what was looked for.
+
+    A known ``model_type`` uses its registered layout only. An unknown one is matched structurally:
+    sandwich-norm first (a block with ``post_feedforward_layernorm``), then Llama-like, then GPT-2.
+    """
     mt = model_type_of(model)
-    candidates = [LAYOUTS[mt]] if mt in LAYOUTS else []
-    # Unknown model_type: try the two known layouts structurally before giving up.
-    candidates += [layout for layout in (_LLAMA_LIKE, _GPT2) if layout not in candidates]
-    for blocks_path, attn, mlp in candidates:
-        for prefix in ("", "base_model.", "language_model.", "model.language_model."):
-            blocks = _get_attr_path(model, prefix + blocks_path)
-            if blocks is None and prefix == "model.language_model.":
-                blocks = _get_attr_path(model, "model.language_model.layers")
-            if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-                first = blocks[0]
-                if hasattr(first, attn) and hasattr(first, mlp):
-                    return Layout(mt, blocks, attn, mlp)
+    candidates = [LAYOUTS[mt]] if mt in LAYOUTS else [_SANDWICH_NORM, _LLAMA_LIKE, _GPT2]
+    for spec in candidates:
+        layout = _match(model, mt, spec)
+        if layout is not None:
+            return layout
+    described = [spec for spec in candidates if not (spec is _SANDWICH_NORM and _LLAMA_LIKE in candidates)]
+    looked_for = " or ".join(_describe(spec) for spec in described)
     raise UnsupportedArchitectureError(
-        f"unsupported architecture {type(model).__name__} (model_type={mt!r}): looked for "
-        "'model.layers[i].self_attn/.mlp' (Llama, Mistral, Qwen, Gemma, Phi-3, OLMo) and "
-        "'transformer.h[i].attn/.mlp' (GPT-2); supported model_types: " + ", ".join(sorted(LAYOUTS))
+        f"unsupported architecture {type(model).__name__} (model_type={mt!r}): looked for decoder blocks "
+        f"at {looked_for}; supported model_types: {', '.join(sorted(LAYOUTS))} "
+        "(a new family needs an entry in irr_ray.models.families.LAYOUTS)"
     )
+
+
+def _describe(spec: FamilySpec) -> str:
+    names = dict.fromkeys((spec.attn, spec.mlp, spec.attn_write, spec.mlp_write))
+    return " / ".join(f"{p}[i]" for p in spec.block_paths) + " with " + ", ".join(f".{n}" for n in names)
 
 
 def refusal_tokens_for(model_type: str) -> tuple[str, ...]:

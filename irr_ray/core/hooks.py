@@ -1,0 +1,424 @@
+"""Forward hooks on the residual stream: capture, directional ablation, activation addition.
+
+Notation: a decoder with L blocks; x_l [B, T, D] is the residual stream at the *input* of block l
+(``resid_pre``; for l < L it equals HF ``hidden_states[l]``), and block l computes
+
+    x_{l+1} = x_l + w_attn + w_mlp,
+
+where w_attn / w_mlp are the outputs of the block's two *write sites* (see
+:mod:`irr_ray.models.families`: the attention / MLP modules, or their post-norms in sandwich-norm
+families such as Gemma2/3 and OLMo2).
+
+Directional ablation (Arditi et al. 2024) with orthonormal rows D [K, D] applies
+x ← x − (x·Dᵀ)·D at three sites of every block: its input x_l, w_attn and w_mlp. Projecting only
+the block input is not enough — attention and MLP could write the direction back within the same
+block; with all three sites projected, every x_l and the last block's output lie in span(D)^⊥.
+
+All hooks work in the model's dtype (the directions are cast once per dtype/device) and are removed
+when their context exits, also on exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from irr_ray.core.directions import project_out
+from irr_ray.models.families import Layout, get_layout
+
+__all__ = [
+    "ResidualCapture",
+    "ablate_directions",
+    "ablate_directions_batched",
+    "add_activation",
+    "capture_residuals",
+    "left_pad_position_ids",
+]
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+# Rows of a direction set must be orthonormal (or, in the batched form, zero padding) to this
+# tolerance on D·Dᵀ; checked once per context, in float32.
+_ORTHONORMAL_ATOL = 1e-3
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once every requested layer is recorded (skips the rest)."""
+
+
+# ---------------------------------------------------------------------------- hook plumbing
+
+
+def _pre_hook(fn: Transform) -> Callable[..., Any]:
+    """Forward pre-hook (``with_kwargs=True``) replacing the block's hidden-states input by fn(x)."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args:
+            return (fn(args[0]), *args[1:]), kwargs
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+        raise RuntimeError(f"{type(module).__name__} was called without a hidden-states input to hook")
+
+    return hook
+
+
+def _output_hook(fn: Transform) -> Callable[..., Any]:
+    """Forward hook replacing a module's output tensor (or the first element of a tuple) by fn(out)."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return fn(output)
+        if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            return (fn(output[0]), *output[1:])
+        raise RuntimeError(f"cannot hook the output of {type(module).__name__}: got {type(output).__name__}")
+
+    return hook
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+@contextmanager
+def _hooked(
+    pre: Sequence[tuple[nn.Module, Transform]] = (),
+    post: Sequence[tuple[nn.Module, Transform]] = (),
+) -> Iterator[None]:
+    """Install pre-hooks (block inputs) and output hooks; remove them all on exit."""
+    handles = []
+    try:
+        for module, fn in pre:
+            handles.append(module.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True))
+        for module, fn in post:
+            handles.append(module.register_forward_hook(_output_hook(fn)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _three_sites(layout: Layout, fn: Transform) -> AbstractContextManager[None]:
+    """Apply fn at every block input and both write sites of every block (Arditi's three sites)."""
+    pre = [(layout.blocks[i], fn) for i in range(layout.num_layers)]
+    post = [(m, fn) for i in range(layout.num_layers) for m in (layout.attn_write(i), layout.mlp_write(i))]
+    return _hooked(pre, post)
+
+
+def _cast_cache(t: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return ``like(x)`` giving ``t`` in x's dtype and device, converting once per (dtype, device)."""
+    cache: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def like(x: torch.Tensor) -> torch.Tensor:
+        key = (x.dtype, x.device)
+        if key not in cache:
+            cache[key] = t.to(dtype=x.dtype, device=x.device)
+        return cache[key]
+
+    return like
+
+
+def _check_width(x: torch.Tensor, width: int, what: str) -> None:
+    if x.shape[-1] != width:
+        raise ValueError(f"{what} have hidden size {width} but the model's residual stream has {x.shape[-1]}")
+
+
+def _groups(batch: int, n_sets: int, what: str) -> int:
+    """Rows per set when ``n_sets`` per-row tensors cover a batch of ``batch`` rows in equal blocks."""
+    if n_sets == 0 or batch % n_sets:
+        raise ValueError(
+            f"{what}: batch of {batch} rows is not a multiple of the {n_sets} per-row sets given "
+            "(rows g·n … g·n+n−1 use set g)"
+        )
+    return batch // n_sets
+
+
+# ---------------------------------------------------------------------------- capture
+
+
+def left_pad_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only: ``clamp(cumsum(mask) − 1, min=0)``, [B, T].
+
+    With these, a left-padded row sees the same positions as it would unpadded (as in HF
+    ``generate``), so its activations do not depend on how much padding the batch needed —
+    which matters for absolute position embeddings (GPT-2).
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class ResidualCapture:
+    """Record the residual stream at chosen block inputs for every forward pass while active.
+
+    ``layers`` index block inputs 0 … L−1 (x_l = HF ``hidden_states[l]``); index L means the last
+    block's output (before the final norm). ``positions`` are negative offsets from the end of the
+    sequence (−1 = last token; batches must be left-padded) — only those positions are kept.
+
+    Use :meth:`run` for one forward under ``no_grad`` that stops as soon as the last requested layer
+    is recorded (no later blocks, no LM head); or call the model yourself inside the context (e.g.
+    for training with ``detach=False``) and read :attr:`residuals` after each call::
+
+        with ResidualCapture(model, layers=[3, 4], positions=[-2, -1]) as cap:
+            for batch in batches:
+                acts = cap.run(batch["input_ids"], batch["attention_mask"])  # [2, B, 2, D]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[int] | None = None,
+        positions: Sequence[int] | None = None,
+        detach: bool = True,
+    ) -> None:
+        self.model = model
+        self.layout = get_layout(model)
+        n = self.layout.num_layers
+        self.layers = list(range(n)) if layers is None else [int(i) for i in layers]
+        bad = [i for i in self.layers if not 0 <= i <= n]
+        if bad or not self.layers:
+            raise ValueError(f"layers must be a non-empty list in 0..{n} (block inputs, {n} = last output); got {bad}")
+        if positions is not None:
+            positions = [int(p) for p in positions]
+            if not positions or any(p >= 0 for p in positions):
+                raise ValueError(f"positions must be negative offsets from the end (−1 = last), got {positions}")
+        self.positions = positions
+        self.detach = detach
+        self._store: dict[int, torch.Tensor] = {}
+        self._stop_after = max(self.layers)
+        self._running = False
+        self._handles: list[Any] = []
+
+    def _record(self, layer: int, x: torch.Tensor) -> None:
+        if self.positions is not None:
+            t = x.shape[1]
+            if -min(self.positions) > t:
+                raise ValueError(f"position {min(self.positions)} is before the start of a {t}-token sequence")
+            x = x[:, [t + p for p in self.positions]]
+        self._store[layer] = x.detach() if self.detach else x
+        if self._running and layer == self._stop_after:
+            raise _StopForward
+
+    def __enter__(self) -> ResidualCapture:
+        n = self.layout.num_layers
+        try:
+            for layer in sorted(set(self.layers)):
+                if layer < n:
+                    hook = self._make_pre(layer)
+                    self._handles.append(self.layout.blocks[layer].register_forward_pre_hook(hook, with_kwargs=True))
+                else:
+                    self._handles.append(self.layout.blocks[n - 1].register_forward_hook(self._make_post(layer)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _make_pre(self, layer: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self._record(layer, args[0] if args else kwargs["hidden_states"])
+
+        return hook
+
+    def _make_post(self, layer: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            self._record(layer, _first_tensor(output))
+
+        return hook
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    @property
+    def residuals(self) -> torch.Tensor:
+        """[n_layers, B, T or len(positions), D] from the most recent forward, in ``layers`` order."""
+        missing = [i for i in self.layers if i not in self._store]
+        if missing:
+            raise RuntimeError(f"no residuals recorded for layers {missing}: run a forward pass inside the context")
+        return torch.stack([self._store[i] for i in self.layers])
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One forward pass under ``no_grad`` that stops after the last requested layer; returns residuals.
+
+        Position ids count real tokens (:func:`left_pad_position_ids`), so left-padded rows give the
+        activations they would have unpadded.
+        """
+        if not self._handles:
+            raise RuntimeError("ResidualCapture.run must be called inside `with ResidualCapture(...)`")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.positions is not None and not bool(attention_mask[:, -1].all()):
+            rows = torch.nonzero(attention_mask[:, -1] == 0).flatten().tolist()
+            raise ValueError(f"positions count back from the end and need left padding; rows {rows} end in padding")
+        self.clear()
+        self._running = True
+        try:
+            with torch.no_grad():
+                self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=left_pad_position_ids(attention_mask),
+                    use_cache=False,
+                )
+        except _StopForward:
+            pass
+        finally:
+            self._running = False
+        return self.residuals
+
+
+def capture_residuals(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Residual stream at block inputs: [n_layers, B, T, D], or [n_layers, B, len(positions), D].
+
+    ``layers`` default to all block inputs 0 … L−1 (L = the last block's output); ``positions`` are
+    negative offsets from the end of a left-padded batch. See :class:`ResidualCapture`.
+    """
+    with ResidualCapture(model, layers=layers, positions=positions) as cap:
+        return cap.run(input_ids, attention_mask)
+
+
+# ---------------------------------------------------------------------------- ablation
+
+
+def _check_orthonormal(gram: torch.Tensor, allow_zero_rows: bool) -> None:
+    """``gram`` = D·Dᵀ [..., K, K] must be I (or diag(0/1) when zero padding rows are allowed)."""
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1)
+    target = torch.where(diag < 0.5, torch.zeros_like(diag), torch.ones_like(diag)) if allow_zero_rows else 1.0
+    off = gram - torch.diag_embed(diag)
+    err = max(float((diag - target).abs().max()), float(off.abs().max())) if gram.numel() else 0.0
+    if err > _ORTHONORMAL_ATOL:
+        raise ValueError(
+            f"directions must have orthonormal rows{' (or zero padding rows)' if allow_zero_rows else ''}: "
+            f"max |D·Dᵀ − I| = {err:.3g}; orthonormalise them with irr_ray.core.orthonormalize"
+        )
+
+
+@contextmanager
+def ablate_directions(model: nn.Module, directions: torch.Tensor) -> Iterator[None]:
+    """Arditi three-site directional ablation of orthonormal rows ``directions`` [K, D], every layer.
+
+    x ← x − (x·Dᵀ)·D at each block input (pre-hook) and at the attention and MLP write sites
+    (output hooks), for every position and batch row. K = 0 is a no-op.
+    """
+    if directions.dim() != 2:
+        raise ValueError(f"ablate_directions expects directions [K, D], got shape {tuple(directions.shape)}")
+    layout = get_layout(model)
+    if directions.shape[0] == 0:
+        yield
+        return
+    d32 = directions.detach().float()
+    _check_orthonormal(d32 @ d32.T, allow_zero_rows=False)
+    like = _cast_cache(directions.detach())
+    width = directions.shape[1]
+
+    def ablate(x: torch.Tensor) -> torch.Tensor:
+        _check_width(x, width, "directions")
+        return project_out(x, like(x))
+
+    with _three_sites(layout, ablate):
+        yield
+
+
+@contextmanager
+def ablate_directions_batched(model: nn.Module, directions: torch.Tensor) -> Iterator[None]:
+    """Three-site ablation where each batch row carries its own direction set; ``directions`` [G, K, D].
+
+    For a batch of B = G·n rows, rows g·n … g·n+n−1 use set g (n = 1: one set per row), so G
+    candidate sets × n prompts are scored in one forward pass without repeating the directions:
+
+        x[g, i] ← x[g, i] − (x[g, i]·D[g]ᵀ)·D[g]     (einsum over the [G, n, T, D] view of x)
+
+    Sets with fewer than K directions are padded with zero rows, which change nothing (their
+    coefficient x·0 is 0). Non-zero rows of each set must be orthonormal.
+    """
+    if directions.dim() != 3:
+        raise ValueError(f"ablate_directions_batched expects directions [G, K, D], got {tuple(directions.shape)}")
+    layout = get_layout(model)
+    d32 = directions.detach().float()
+    _check_orthonormal(d32 @ d32.transpose(1, 2), allow_zero_rows=True)
+    like = _cast_cache(directions.detach())
+    n_sets, _, width = directions.shape
+
+    def ablate(x: torch.Tensor) -> torch.Tensor:
+        _check_width(x, width, "directions")
+        d = like(x)
+        xg = x.reshape(n_sets, _groups(x.shape[0], n_sets, "ablate_directions_batched"), *x.shape[1:])
+        coeff = torch.einsum("gn...d,gkd->gn...k", xg, d)
+        return (xg - torch.einsum("gn...k,gkd->gn...d", coeff, d)).reshape(x.shape)
+
+    with _three_sites(layout, ablate):
+        yield
+
+
+# ---------------------------------------------------------------------------- activation addition
+
+
+@contextmanager
+def add_activation(
+    model: nn.Module,
+    layer: int | Sequence[int],
+    vector: torch.Tensor,
+    coeff: float = 1.0,
+) -> Iterator[None]:
+    """Activation addition at block inputs: x_l ← x_l + coeff·v at every position.
+
+    ``vector`` is [D] (all rows) or [G, D] with a batch of B = G·n rows (rows g·n … g·n+n−1 get
+    v[g]). ``layer`` is one block index, or — with a [G, D] vector — one per set, so candidates
+    from different source layers are scored in one forward (one hook per distinct layer, adding
+    v[g]·[layer_g = l]). Arditi et al. add the raw difference of means at its source layer with
+    coeff = 1 to test that a direction *induces* refusal on harmless prompts.
+    """
+    layout = get_layout(model)
+    n = layout.num_layers
+    if vector.dim() not in (1, 2):
+        raise ValueError(f"add_activation expects vector [D] or [G, D], got shape {tuple(vector.shape)}")
+    per_set_layers = not isinstance(layer, int)
+    layers = [int(i) for i in layer] if per_set_layers else [int(layer)]  # type: ignore[union-attr]
+    if per_set_layers and (vector.dim() != 2 or len(layers) != vector.shape[0]):
+        raise ValueError(
+            f"add_activation: {len(layers)} per-set layers need a vector of shape [{len(layers)}, D], "
+            f"got {tuple(vector.shape)}"
+        )
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"add_activation: layer(s) {bad} out of range 0..{n - 1}")
+    width = vector.shape[-1]
+    v = vector.detach() * coeff
+    pre: list[tuple[nn.Module, Transform]] = []
+    for target in sorted(set(layers)):
+        if per_set_layers:
+            mask = torch.tensor([i == target for i in layers], dtype=v.dtype, device=v.device)
+            pre.append((layout.blocks[target], _adder(v * mask[:, None], width)))
+        else:
+            pre.append((layout.blocks[target], _adder(v, width)))
+    with _hooked(pre):
+        yield
+
+
+def _adder(v: torch.Tensor, width: int) -> Transform:
+    like = _cast_cache(v)
+
+    def add(x: torch.Tensor) -> torch.Tensor:
+        _check_width(x, width, "activation vectors")
+        vx = like(x)
+        if vx.dim() == 1:
+            return x + vx
+        xg = x.reshape(vx.shape[0], _groups(x.shape[0], vx.shape[0], "add_activation"), *x.shape[1:])
+        shape = (vx.shape[0], 1) + (1,) * (x.dim() - 2) + (width,)
+        return (xg + vx.reshape(shape)).reshape(x.shape)
+
+    return add
