@@ -1,0 +1,109 @@
+"""The whole study in one typed config: the YAML users write (``experiments/<study>.yaml``).
+
+Top-level sections, each owned by a stage::
+
+    name, study_dir            where everything lands (see :mod:`irr_ray.study`)
+    organism                   build the local model organism and use it as source/base/data
+    source_model, base_model   HF directories or hub ids (the original instruct model, its base)
+    ray, tracking              how to reach Ray; MLflow (sqlite under the study, env, or a server)
+    data                       :class:`irr_ray.data.config.DataConfig`
+    train, sweep               :class:`irr_ray.train.config.TrainConfig` / ``SweepConfig``
+    attack                     :class:`irr_ray.attack.config.AttackConfig`
+    stages                     which of organism/data/sweep/attack/report to run
+
+Unknown keys anywhere are errors. ``resolve_study`` fills the organism defaults and makes every
+path absolute, and the result is saved as ``<study>/config.yaml`` — the file each stage command
+(``irr-ray sweep``, ``attack-all``, ``report``) reads when pointed at the study.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from irr_ray.attack.config import AttackConfig
+from irr_ray.config import StrictModel, apply_overrides, build_config, read_yaml
+from irr_ray.data.config import DataConfig
+from irr_ray.errors import ConfigError
+from irr_ray.train.config import RaySettings, SweepConfig, TrackingSettings, TrainConfig
+
+Stage = Literal["organism", "data", "sweep", "attack", "report"]
+ALL_STAGES: tuple[Stage, ...] = ("organism", "data", "sweep", "attack", "report")
+
+
+class OrganismSettings(StrictModel):
+    """The local model organism (tiny Llama chat model + WildGuardMix-shaped data)."""
+
+    seed: int = Field(0, description="organism build seed")
+    dir: str | None = Field(None, description="where to build/cache it (default: <study>/organism)")
+
+
+class StudyConfig(StrictModel):
+    name: str = Field("study", description="study name; also the MLflow experiment unless tracking.experiment")
+    study_dir: str | None = Field(None, description="study directory (relative to the working directory)")
+    organism: OrganismSettings | None = Field(None, description="use the local model organism")
+    source_model: str | None = Field(None, description="the original instruct model (source + KD teacher)")
+    base_model: str | None = Field(None, description="its base model (attacked for comparison); optional")
+    ray: RaySettings = Field(default_factory=RaySettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    stages: list[Stage] = Field(default_factory=lambda: list(ALL_STAGES), description="stages to run, in order")
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    data = read_yaml(path)
+    apply_overrides(data, overrides, f" (study file {path})")
+    return build_config(StudyConfig, data, str(path))
+
+
+def _abs(value: str | None, base: Path) -> str | None:
+    """Local paths made absolute (relative to ``base``); hub ids (``org/name`` that do not exist
+    locally and do not start with . / ~) are left alone."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if value.startswith((".", "~")) or (base / p).exists() or value.count("/") != 1:
+        return str((base / p).resolve())
+    return value
+
+
+def resolve_study(cfg: StudyConfig, study_dir: str | Path | None, cwd: Path | None = None) -> tuple[StudyConfig, Path]:
+    """Absolute study dir and paths; organism defaults for source/base model and data source."""
+    cwd = (cwd or Path.cwd()).resolve()
+    root_value = study_dir or cfg.study_dir
+    if not root_value:
+        raise ConfigError("no study directory: set `study_dir` in the study file or pass --study-dir")
+    root = Path(root_value).expanduser()
+    root = root if root.is_absolute() else (cwd / root).resolve()
+    upd: dict = {"study_dir": str(root)}
+    data_upd: dict = {}
+    if cfg.organism is not None:
+        org_dir = (cwd / Path(cfg.organism.dir).expanduser()).resolve() if cfg.organism.dir else root / "organism"
+        upd["organism"] = cfg.organism.model_copy(update={"dir": str(org_dir)})
+        upd["source_model"] = _abs(cfg.source_model, cwd) if cfg.source_model else str(org_dir / "instruct")
+        upd["base_model"] = _abs(cfg.base_model, cwd) if cfg.base_model else str(org_dir / "base")
+        if cfg.data.source is None:
+            data_upd["source"] = str(org_dir / "data" / "wildguardmix.parquet")
+    else:
+        if not cfg.source_model:
+            raise ConfigError("set `source_model` (or an `organism:` section) in the study file")
+        upd["source_model"] = _abs(cfg.source_model, cwd)
+        upd["base_model"] = _abs(cfg.base_model, cwd)
+        if cfg.data.source and cfg.data.source != "allenai/wildguardmix":
+            data_upd["source"] = _abs(cfg.data.source, cwd)
+    if cfg.data.source_model is None:
+        data_upd["source_model"] = upd["source_model"]
+    if cfg.data.ray.address is None and cfg.ray.address is not None:
+        data_upd["ray"] = cfg.data.ray.model_copy(update={"address": cfg.ray.address})
+    if data_upd:
+        upd["data"] = cfg.data.model_copy(update=data_upd)
+    if cfg.train.model is None:
+        upd["train"] = cfg.train.model_copy(update={"model": upd["source_model"]})
+    return cfg.model_copy(update=upd), root

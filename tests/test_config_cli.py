@@ -1,0 +1,86 @@
+"""Typed config (unknown keys, overrides, one-line errors) and the CLI's error contract."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from irr_ray.config import StrictModel, apply_overrides, load_config, stable_hash
+from irr_ray.errors import ConfigError
+from irr_ray.study_config import StudyConfig, load_study, resolve_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Inner(StrictModel):
+    lr: float = 1e-3
+    layers: list[int] = [1, 2]
+
+
+class Outer(StrictModel):
+    name: str = "x"
+    inner: Inner = Inner()
+
+
+def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("name: a\ninner: {lr: 0.5}\n")
+    cfg = load_config(Outer, f, ["inner.layers=[3, 4]", "name=b"])
+    assert cfg.name == "b" and cfg.inner.lr == 0.5 and cfg.inner.layers == [3, 4]
+
+
+def test_unknown_key_is_an_error_naming_key_and_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("inner: {lr: 0.5, lrr: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, f)
+    msg = str(err.value)
+    assert "inner.lrr" in msg and str(f) in msg and "unknown key" in msg and "\n" not in msg
+
+
+def test_wrong_type_and_bad_override() -> None:
+    with pytest.raises(ConfigError, match="inner.lr"):
+        load_config(Outer, None, ["inner.lr=fast"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["inner.lr"])
+
+
+def test_stable_hash_is_order_independent() -> None:
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash(Outer()) != stable_hash(Outer(name="y"))
+
+
+def test_shipped_study_files_validate_and_resolve(tmp_path: Path) -> None:
+    for name in ("organism.yaml", "paper.yaml"):
+        path = REPO / "experiments" / name
+        if not path.exists():
+            continue
+        cfg = load_study(path)
+        assert isinstance(cfg, StudyConfig)
+    cfg, root = resolve_study(load_study(REPO / "experiments" / "organism.yaml"), tmp_path / "study")
+    assert root == (tmp_path / "study").resolve()
+    assert cfg.source_model == str(root / "organism" / "instruct")
+    assert cfg.train.model == cfg.source_model and cfg.data.source_model == cfg.source_model
+    with pytest.raises(ConfigError, match="sweep.nm_samples"):
+        load_study(REPO / "experiments" / "organism.yaml", ["sweep.nm_samples=3"])
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nunknown_section: {a: 1}\n")
+    proc = subprocess.run([sys.executable, "-m", "irr_ray", "run", str(bad), "--study-dir", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown_section" in lines[0] and str(bad) in lines[0]
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_help_lists_every_stage() -> None:
+    proc = subprocess.run([sys.executable, "-m", "irr_ray", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for cmd in ("organism", "data", "sweep", "attack-all", "run", "report", "ui", "bench"):
+        assert cmd in proc.stdout
