@@ -163,6 +163,8 @@ def _stage_report(cfg: StudyConfig, paths: StudyPaths, result: StudyResult) -> s
     from irr_ray.report import build_report
     from irr_ray.tracking.mlflow_utils import resolve_tracking_uri
 
+    if not any(paths.attacks.glob("*/attack.json")):
+        return "no attack results in this study yet: nothing to report"
     report = build_report(paths.root, tracking_uri=resolve_tracking_uri(cfg.tracking.uri, paths.root))
     result.report_text = report.render_text()
     return f"{report.markdown_path}"

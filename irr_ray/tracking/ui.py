@@ -1,0 +1,153 @@
+"""Serve a study's MLflow tracking database with the MLflow UI (``irr-ray ui --study DIR``).
+
+Runs ``mlflow server --backend-store-uri sqlite:////abs/<study>/mlflow.db --default-artifact-root
+<study>/mlartifacts --host 127.0.0.1 --port P --workers 1`` as a child process in its own process
+group (the server forks workers; stopping the group stops them all) and waits until ``/health``
+answers. Binding beyond loopback is refused unless asked for explicitly (``allow_remote=True``,
+which ``irr-ray ui --host`` sets): MLflow has no authentication here, so anyone who can reach the
+port can read and change the study's runs. MLflow ≥ 3.5 also checks the Host header: the default
+accepts localhost and private IPs; other host names need ``allowed_hosts``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from irr_ray.errors import ConfigError, IrrRayError
+from irr_ray.study import StudyPaths
+from irr_ray.tracking.mlflow_utils import sqlite_uri
+
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nothing listens on right now (for tests and ``--port 0``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ui_url(host: str, port: int) -> str:
+    shown = LOOPBACK if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}"
+
+
+def server_command(study_dir: str | Path, host: str = LOOPBACK, port: int = 5000,
+                   allowed_hosts: str | None = None, workers: int = 1) -> list[str]:
+    """The ``mlflow server`` command line serving ``study_dir``'s database and artifacts."""
+    paths = StudyPaths.at(study_dir)
+    cmd = [sys.executable, "-m", "mlflow", "server",
+           "--backend-store-uri", sqlite_uri(paths.mlflow_db),
+           "--default-artifact-root", paths.mlflow_artifacts.as_uri(),
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", allowed_hosts]
+    return cmd
+
+
+def experiment_links(study_dir: str | Path, url: str) -> list[tuple[str, str]]:
+    """(experiment name, URL of its runs with the metric charts) for each experiment holding runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient(sqlite_uri(StudyPaths.at(study_dir).mlflow_db))
+    return [(e.name, f"{url}/#/experiments/{e.experiment_id}/runs?compareRunsMode=CHART")
+            for e in client.search_experiments()
+            if client.search_runs([e.experiment_id], max_results=1)]
+
+
+def _check_study(paths: StudyPaths) -> None:
+    if not paths.root.is_dir():
+        raise IrrRayError(f"study directory not found: {paths.root}")
+    if not paths.mlflow_db.is_file():
+        raise IrrRayError(f"no MLflow database at {paths.mlflow_db}: run a stage of the study first "
+                          "(`irr-ray run ...`); a study tracked on an MLflow server is browsed on that server")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def _tail(log: IO[bytes] | None, n: int = 2000) -> str:
+    if log is None:
+        return ""
+    log.flush()
+    log.seek(0)
+    return log.read().decode(errors="replace")[-n:]
+
+
+def start_ui(study_dir: str | Path, port: int = 5000, host: str = LOOPBACK, allow_remote: bool = False,
+             allowed_hosts: str | None = None, timeout_s: float = 180.0,
+             log: IO[bytes] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the MLflow UI on ``study_dir``; return ``(process, url)`` once ``/health`` answers.
+
+    ``port=0`` picks a free port. The server's output goes to ``log`` (a binary file), or to a
+    temporary file whose tail is shown if the server fails to start. Stop it with :func:`stop_ui`.
+    """
+    paths = StudyPaths.at(study_dir)
+    _check_study(paths)
+    if not is_loopback(host) and not allow_remote:
+        raise ConfigError(f"refusing to serve the MLflow UI on {host}: it has no authentication. "
+                          "Bind 127.0.0.1 and port-forward, or pass --host explicitly to accept the risk")
+    port = free_port() if port == 0 else port
+    paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    out = log if log is not None else tempfile.TemporaryFile()
+    # no telemetry; no GenAI job runner (it forks seven huey consumers the UI does not need)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(server_command(paths.root, host, port, allowed_hosts), stdout=out,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    url = ui_url(host, port)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not _answers(url):
+            if proc.poll() is not None:
+                raise IrrRayError(f"mlflow server exited with code {proc.returncode} before answering on "
+                                  f"{url} (port in use? try --port):\n{_tail(out)}")
+            if time.monotonic() > deadline:
+                raise IrrRayError(f"mlflow server did not answer on {url} within {timeout_s:.0f} s:\n{_tail(out)}")
+            time.sleep(0.5)
+    except BaseException:  # includes Ctrl-C while waiting: never leave a server behind
+        stop_ui(proc)
+        raise
+    return proc, url
+
+
+def stop_ui(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop the server and every process it forked (its process group): SIGTERM, then SIGKILL
+    after ``grace_s``."""
+    sig = signal.SIGTERM
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the whole group is gone
+            break
+        proc.poll()  # reap the leader, or its zombie keeps the group alive
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        time.sleep(0.2)
+    proc.wait()
