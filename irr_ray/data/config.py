@@ -31,7 +31,8 @@ class GenerationConfig(StrictModel):
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate (CPU/GPU); vllm: GPU")
     batch_size: int = Field(32, ge=1, description="prompts per generate call (and per Ray Data batch)")
     max_new_tokens: int = Field(64, ge=1, description="greedy tokens per response")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on GPU (vllm: the model's dtype), fp32 on CPU")
     num_actors: int = Field(1, ge=1, description="generation actors (one model each); one per GPU on vllm")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="0 = CPU; vllm needs >= 1")
     num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per generation actor")
@@ -43,6 +44,9 @@ class GenerationConfig(StrictModel):
         if self.backend == "vllm" and self.num_gpus_per_actor < 1:
             raise ValueError("generation.backend=vllm runs on GPUs: set generation.num_gpus_per_actor=1 "
                              "(or use backend=hf on CPU)")
+        if self.backend == "vllm" and self.vllm.tensor_parallel_size > self.num_gpus_per_actor:
+            raise ValueError(f"generation.vllm.tensor_parallel_size={self.vllm.tensor_parallel_size} shards the "
+                             f"model over that many GPUs: set generation.num_gpus_per_actor to at least that")
         return self
 
 

@@ -1,0 +1,100 @@
+"""vLLM generation backend: request construction without vllm, and the actor with a stand-in ``vllm``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pandas as pd
+
+from irr_ray.data.config import DataConfig
+from irr_ray.generation.backends import HFGenerator, generator_udf
+from irr_ray.generation.vllm import VLLMGenerator, chat_requests, engine_kwargs, sampling_kwargs
+
+
+def test_requests_and_params():
+    assert chat_requests(["a", "b"]) == [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+    assert sampling_kwargs(64) == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 64}
+    kw = engine_kwargs("/models/llama", max_model_len=2048)
+    assert kw["model"] == "/models/llama" and kw["trust_remote_code"] is False and kw["max_model_len"] == 2048
+    assert "max_model_len" not in engine_kwargs("m")
+
+
+def test_generator_udf_for_vllm_config_does_not_import_vllm():
+    code = (
+        "import sys\n"
+        "from irr_ray.data.config import DataConfig\n"
+        "from irr_ray.generation.backends import generator_udf\n"
+        "cfg = DataConfig(generation={'backend': 'vllm', 'num_gpus_per_actor': 1, 'max_new_tokens': 48,"
+        " 'vllm': {'gpu_memory_utilization': 0.5}})\n"
+        "cls, kw = generator_udf(cfg.generation, 'meta-llama/Llama-3.2-1B-Instruct', 42)\n"
+        "assert cls.__name__ == 'VLLMGenerator', cls\n"
+        "assert kw['max_new_tokens'] == 48 and kw['engine']['gpu_memory_utilization'] == 0.5\n"
+        "assert kw['engine']['seed'] == 42 and kw['engine']['dtype'] == 'auto'\n"
+        "assert 'vllm' not in sys.modules and 'ray' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hf_udf_on_cpu_by_default():
+    cls, kw = generator_udf(DataConfig().generation, "m", 0)
+    assert cls is HFGenerator and kw["device"] == "cpu" and kw["torch_threads"] == 1
+
+
+def test_vllm_actor_with_stand_in_vllm(monkeypatch):
+    seen = {}
+
+    class StandInLLM:
+        def __init__(self, **kwargs):
+            seen["engine"] = kwargs
+
+        def chat(self, conversations, params, use_tqdm=False):
+            seen["chat"] = (conversations, params)
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"  reply to {c[0]['content']} ")])
+                    for c in conversations]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(
+        LLM=StandInLLM, SamplingParams=lambda **kw: ("SamplingParams", kw)))
+    actor = VLLMGenerator(engine=engine_kwargs("/m"), max_new_tokens=16)
+    batch = pd.DataFrame({"row_id": [3, 4], "prompt": ["x", "y"]})
+    out = actor(batch)
+    assert seen["engine"]["model"] == "/m"
+    assert seen["chat"] == ([[{"role": "user", "content": "x"}], [{"role": "user", "content": "y"}]],
+                            ("SamplingParams", {"temperature": 0.0, "top_p": 1.0, "max_tokens": 16}))
+    assert out["response"].tolist() == ["reply to x", "reply to y"] and "response" not in batch.columns
+
+
+def test_pool_plan_fails_fast_or_runs_pools_one_after_the_other():
+    """A request the cluster cannot meet would pend forever: it is refused up front. Pools that fit
+    only one at a time (one GPU, a vLLM generator and a WildGuard judge) run one after the other."""
+    import pytest
+
+    from irr_ray.data.config import GenerationConfig, JudgeConfig
+    from irr_ray.data.pipeline import plan_pools
+    from irr_ray.errors import ConfigError
+
+    cpu2, gpu1 = {"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}
+    assert plan_pools({"generation": GenerationConfig(), "judge": JudgeConfig()}, cpu2) is True
+    with pytest.raises(ConfigError, match="generation asks for 1 GPU"):
+        plan_pools({"generation": GenerationConfig(backend="vllm", num_gpus_per_actor=1)}, cpu2)
+    with pytest.raises(ConfigError, match=r"generation needs 3 x 1 = 3 CPU"):
+        plan_pools({"generation": GenerationConfig(num_actors=3)}, cpu2)
+    assert plan_pools({"generation": GenerationConfig(num_actors=2), "judge": JudgeConfig()}, cpu2) is False
+    vllm = GenerationConfig(backend="vllm", num_gpus_per_actor=1)
+    wildguard = JudgeConfig(kind="wildguard", num_gpus_per_actor=1)
+    assert plan_pools({"generation": vllm, "judge": wildguard}, gpu1) is False
+    assert plan_pools({"generation": vllm, "judge": wildguard}, {"CPU": 8.0, "GPU": 2.0}) is True
+
+
+def test_vllm_config_needs_a_gpu_per_shard():
+    import pytest
+    from pydantic import ValidationError
+
+    from irr_ray.data.config import GenerationConfig
+
+    with pytest.raises(ValidationError, match="num_gpus_per_actor"):
+        GenerationConfig(backend="vllm")  # the CPU default of 0 GPUs
+    with pytest.raises(ValidationError, match="tensor_parallel_size=2"):
+        GenerationConfig(backend="vllm", num_gpus_per_actor=1, vllm={"tensor_parallel_size": 2})
+    assert GenerationConfig(backend="vllm", num_gpus_per_actor=2, vllm={"tensor_parallel_size": 2})
