@@ -14,11 +14,12 @@ The organism's scaled-down values live in ``experiments/sweeps/organism.yaml``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from irr_ray.config import StrictModel
+from irr_ray.config import StrictModel, apply_overrides, build_config, read_yaml
 
 MatchKind = Literal["none", "mean", "cov"]
 PenaltyKind = Literal["l1", "l2"]
@@ -232,3 +233,10 @@ def check_train_path(path: str) -> None:
         if fields is None or part not in fields:
             raise ValueError(f"`{path}` is not a train setting (unknown `{'.'.join(parts[: i + 1])}`)")
         cls = fields[part].annotation
+
+
+def load_sweep_study(path: str | Path, overrides: list[str] | None = None) -> SweepStudy:
+    """The sweep's sections of a study YAML (other top-level sections are other stages')."""
+    data = read_yaml(path)
+    apply_overrides(data, overrides)
+    return build_config(SweepStudy, {k: v for k, v in data.items() if k in SWEEP_STUDY_KEYS}, str(path))

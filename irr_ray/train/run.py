@@ -1,0 +1,123 @@
+"""One fine-tune assembled: model, tokenised data, teacher cache, trainer and evaluator.
+
+Shared by ``irr-ray train`` (one condition into one directory) and the Tune trainable (one
+trial). Steps, in order:
+
+1. tokenizer and model (fp32 master weights) from the source model — or from a training
+   checkpoint when resuming;
+2. ``train.parquet`` → tokenised prompts; a fixed class-balanced validation slice held out;
+   optionally a class-balanced cap on the training rows;
+3. the frozen teacher's last-position logits, once: for the validation slice always (KD KL
+   metric, the source model's K=0 reference) and for every training prompt when KD is on. The
+   teacher *is* the source model, so a fresh run reads them off the student before its first
+   step; a resumed run loads the source model for this pass and frees it;
+4. :class:`~irr_ray.train.trainer.Trainer` (restored from the checkpoint if any) and
+   :class:`~irr_ray.train.evaluation.Evaluator`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from irr_ray.attack.iterated import refusal_token_ids
+from irr_ray.config import config_dict
+from irr_ray.errors import ConfigError
+from irr_ray.models.families import get_layout
+from irr_ray.models.loading import default_device, load_tokenizer
+from irr_ray.train.checkpoint import restore_training_state, save_training_checkpoint
+from irr_ray.train.config import TrainConfig
+from irr_ray.train.data import PromptSet, balanced_subsample, load_split, split_validation
+from irr_ray.train.evaluation import Evaluator
+from irr_ray.train.trainer import Trainer, compute_dtype, teacher_logits
+
+log = logging.getLogger(__name__)
+
+
+def load_master_model(path: str | Path, device: str) -> PreTrainedModel:
+    """Causal LM in float32 (master weights; compute precision comes from autocast)."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+    return model.to(device)
+
+
+class TrainingRun:
+    """A fine-tune ready to run epoch by epoch (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, data_dir: str | Path, resume_from: str | Path | None = None) -> None:
+        if not cfg.model:
+            raise ConfigError("train.model is not set: give the source model directory (or study source_model)")
+        self.cfg = cfg
+        self.device = cfg.device or default_device()
+        self.dtype = compute_dtype(cfg, self.device)
+        torch.manual_seed(cfg.seed)
+        t0 = time.perf_counter()
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.model = load_master_model(resume_from or cfg.model, self.device)
+        self.num_layers = get_layout(self.model).num_layers
+
+        prompts = PromptSet.from_frame(load_split(data_dir, "train"), self.tokenizer, cfg.max_length)
+        labels = prompts.labels.numpy()
+        train_idx, val_idx = split_validation(labels, cfg.eval.n_per_class, cfg.seed)
+        if cfg.max_train_samples is not None and cfg.max_train_samples < len(train_idx):
+            train_idx = train_idx[balanced_subsample(labels[train_idx], cfg.max_train_samples, cfg.seed)]
+        self.train_set = prompts.subset(train_idx)
+        self.val_set = prompts.subset(val_idx)
+
+        self.teacher_passes = 0
+        teacher = self.model if resume_from is None else load_master_model(cfg.model, self.device)
+        teacher_val = self._teacher(teacher, self.val_set)
+        teacher_train = self._teacher(teacher, self.train_set) if cfg.uses_kd else None
+        if teacher is not self.model:
+            del teacher
+            gc.collect()
+
+        self.trainer = Trainer(cfg, self.model, self.train_set, teacher_train, self.device)
+        if resume_from is not None:
+            restore_training_state(resume_from, self.trainer)
+        _, refusal_ids = refusal_token_ids(self.model, self.tokenizer, cfg.eval.refusal_tokens)
+        self.evaluator = Evaluator(cfg, self.val_set, teacher_val, refusal_ids, self.num_layers,
+                                   self.device, self.dtype)
+        self.setup_seconds = time.perf_counter() - t0
+
+    def _teacher(self, model: torch.nn.Module, prompts: PromptSet) -> torch.Tensor:
+        self.teacher_passes += 1
+        return teacher_logits(model, prompts, self.cfg.teacher_batch_size, self.device, self.dtype)
+
+    @property
+    def epoch(self) -> int:
+        return self.trainer.state.epoch
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, then evaluate; metrics incl. timings and the degenerate-step count."""
+        t0 = time.perf_counter()
+        metrics = self.trainer.train_epoch()
+        t1 = time.perf_counter()
+        metrics.update(self.evaluator(self.model))
+        t2 = time.perf_counter()
+        metrics.update({
+            "epoch": float(self.epoch),
+            "degenerate_steps_total": float(self.trainer.state.degenerate_steps),
+            "time/train_s": t1 - t0,
+            "time/eval_s": t2 - t1,
+            "time/eval_frac": (t2 - t1) / max(t1 - t0, 1e-9),
+        })
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        metrics = self.evaluator(self.model)
+        metrics["epoch"] = float(self.epoch)
+        return metrics
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        info = {"config": config_dict(self.cfg), "state": self.trainer.state.to_dict(), **(extra or {})}
+        save_training_checkpoint(path, self.trainer, self.tokenizer, info)

@@ -1,0 +1,218 @@
+"""The method's fine-tune of one condition, as a small loop of overridable steps (TRL style).
+
+Per class-balanced micro-batch of prompt-only chat inputs (left-padded, ``B = micro_batch``)::
+
+    loss = LM(prompt tokens)                                   labels = input_ids, padding ignored
+         + λ_mean · P_mean(pooled)          if match = mean     P over hidden_states[1:] (or the last)
+         + λ_cov  · P_cov(pooled)           if match = cov      ‖ΔC‖²_F/H² through n×n Gram matrices
+         + kd_lambda · T² · KL(teacher ‖ student)               next-token distribution, last position
+
+``pooled`` [L+1, B, D] is every hidden state averaged over the tokens the sample's mixed readout
+selects (one [B, T] weight matrix per step, one batched matmul per layer). Gradients of
+``grad_accum`` micro-batches are averaged, clipped to ``max_grad_norm`` and applied by AdamW
+(weight decay on matrices only, as Hugging Face does) under a linear warm-up/decay schedule.
+Compute is bf16 autocast on CUDA (fp32 master weights), fp32 on CPU.
+
+The teacher is the frozen source model. Its last-position logits are a pure function of the
+prompt, so they are computed once (:func:`teacher_logits`) and indexed per batch every epoch:
+the KD term costs a [B, V] KL, not a second forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import get_linear_schedule_with_warmup
+
+from irr_ray.core.losses import PenaltyResult, kd_loss, layer_penalty
+from irr_ray.core.readouts import mixed_readout_weights, sample_readout_plan
+from irr_ray.train.config import TrainConfig
+from irr_ray.train.data import Batch, PromptSet, class_balanced_batches
+
+log = logging.getLogger(__name__)
+
+
+def compute_dtype(cfg: TrainConfig, device: str) -> torch.dtype:
+    """``auto``: bf16 on CUDA, fp32 on CPU."""
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+
+
+def autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast around forward passes (weights stay fp32); a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def pool_layers(hidden_states: tuple[Tensor, ...], weights: Tensor) -> Tensor:
+    """Mean of each layer's ``[B, T, D]`` over the tokens in 0/1 ``weights [B, T]`` → ``[L+1, B, D]``."""
+    w = weights.to(hidden_states[0].dtype)
+    w = (w / w.sum(dim=-1, keepdim=True)).unsqueeze(1)  # [B, 1, T]
+    return torch.stack([torch.bmm(w, h).squeeze(1) for h in hidden_states])
+
+
+@torch.no_grad()
+def teacher_logits(model: nn.Module, prompts: PromptSet, batch_size: int, device: str,
+                   dtype: torch.dtype) -> Tensor:
+    """Next-token logits at the last prompt position for every prompt, ``[N, V]`` on the CPU
+    (stored in the compute dtype). Run with the *source* model: these are the KD targets."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    for idx in prompts.batches(batch_size):
+        batch = prompts.collate(idx, device)
+        with autocast(device, dtype):
+            out = model(**batch.model_inputs(), use_cache=False, logits_to_keep=1)
+        rows.append(out.logits[:, -1, :].to("cpu", dtype))
+    model.train(was_training)
+    return torch.cat(rows)
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint restores: completed epochs, optimizer steps, and how many
+    micro-batches had a degenerate matching penalty (a class with too few samples)."""
+
+    epoch: int = 0
+    global_step: int = 0
+    degenerate_steps: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Trainer:
+    """One condition's fine-tune. Override :meth:`compute_loss` (or its parts) to change the method."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, train_set: PromptSet,
+                 teacher: Tensor | None, device: str) -> None:
+        if cfg.uses_kd and teacher is None:
+            raise ValueError("kd_lambda > 0 needs the teacher's cached logits")
+        self.cfg = cfg
+        self.model = model
+        self.train_set = train_set
+        self.teacher = teacher
+        self.device = device
+        self.dtype = compute_dtype(cfg, device)
+        self.labels = train_set.labels.numpy()
+        self.micro_per_epoch = len(class_balanced_batches(self.labels, cfg.micro_batch, cfg.seed, 0))
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.optimizer = self.create_optimizer()
+        self.scheduler = self.create_scheduler(self.steps_per_epoch * max(cfg.epochs, 1))
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ setup
+
+    def create_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW; no weight decay on biases and norm gains (1-d parameters)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        fused = str(self.device).startswith("cuda")
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, fused=fused)
+
+    def create_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+        warmup = int(round(self.cfg.warmup_ratio * total_steps))
+        return get_linear_schedule_with_warmup(self.optimizer, warmup, total_steps)
+
+    # ------------------------------------------------------------------ loss pieces
+
+    def forward(self, batch: Batch) -> Any:
+        need_hidden = self.cfg.match != "none"
+        with autocast(self.device, self.dtype):
+            return self.model(**batch.model_inputs(), labels=batch.lm_labels,
+                              output_hidden_states=need_hidden, use_cache=False)
+
+    def pooled(self, out: Any, batch: Batch, generator: torch.Generator) -> Tensor:
+        """Mixed-readout pooling of every hidden state, ``[L+1, B, D]``."""
+        r = self.cfg.readout
+        plan = sample_readout_plan(batch.attention_mask, r.last_ratio, r.random_ratio, r.chat_ratio, generator)
+        weights = mixed_readout_weights(batch.attention_mask, plan, r.random_fraction, r.chat_offsets)
+        return pool_layers(out.hidden_states, weights)
+
+    def matching_penalty(self, out: Any, batch: Batch, generator: torch.Generator) -> PenaltyResult | None:
+        cfg = self.cfg
+        if cfg.match == "none":
+            return None
+        kind = cfg.mean_penalty if cfg.match == "mean" else cfg.cov_penalty
+        return layer_penalty(self.pooled(out, batch, generator), batch.labels, cfg.match, kind, cfg.multi_layer)
+
+    def kd_term(self, out: Any, batch: Batch) -> Tensor | None:
+        if not self.cfg.uses_kd or self.teacher is None:  # __init__ requires the cache when KD is on
+            return None
+        target = self.teacher[batch.index.cpu()].to(self.device, non_blocking=True)
+        return kd_loss(out.logits[:, -1, :], target, self.cfg.kd_T)
+
+    def compute_loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss of one micro-batch and its detached parts (for logging)."""
+        out = self.forward(batch)
+        loss = out.loss
+        parts = {"train/lm_loss": out.loss.detach()}
+        penalty = self.matching_penalty(out, batch, generator)
+        if penalty is not None:
+            if penalty.degenerate:
+                if self.state.degenerate_steps == 0:
+                    log.warning("degenerate matching penalty: a micro-batch with %d harmful / %d harmless prompts "
+                                "defines no %s statistic (counted in train/degenerate_steps)",
+                                penalty.n_pos, penalty.n_neg, self.cfg.match)
+                self.state.degenerate_steps += 1
+            lam = self.cfg.lambda_mean if self.cfg.match == "mean" else self.cfg.lambda_cov
+            loss = loss + lam * penalty.value
+            parts["train/penalty"] = penalty.value.detach()
+        kd = self.kd_term(out, batch)
+        if kd is not None:
+            loss = loss + self.cfg.kd_lambda * kd
+            parts["train/kd"] = kd.detach()
+        parts["train/loss"] = loss.detach()
+        return loss, parts
+
+    # ------------------------------------------------------------------ loop
+
+    def windows(self, epoch: int) -> Iterator[list[np.ndarray]]:
+        """The epoch's micro-batches grouped into optimizer steps of ``grad_accum``."""
+        micro = class_balanced_batches(self.labels, self.cfg.micro_batch, self.cfg.seed, epoch)
+        for i in range(0, len(micro), self.cfg.grad_accum):
+            yield micro[i:i + self.cfg.grad_accum]
+
+    def optimizer_step(self) -> Tensor:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        return grad_norm.detach()
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the class-balanced batches of epoch ``state.epoch``; returns mean metrics.
+
+        Metrics stay on the device until the epoch ends (one host sync per epoch, not per step).
+        """
+        epoch = self.state.epoch
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        self.model.train()
+        sums: dict[str, list[Tensor]] = defaultdict(list)
+        degenerate_before = self.state.degenerate_steps
+        for window in self.windows(epoch):
+            for idx in window:
+                batch = self.train_set.collate(idx, self.device)
+                loss, parts = self.compute_loss(batch, generator)
+                (loss / len(window)).backward()
+                for key, value in parts.items():
+                    sums[key].append(value.float())
+            sums["train/grad_norm"].append(self.optimizer_step().float())
+        self.state.epoch += 1
+        metrics = {k: float(torch.stack(v).mean()) for k, v in sums.items()}
+        metrics["train/lr"] = float(self.scheduler.get_last_lr()[0])
+        metrics["train/degenerate_steps"] = float(self.state.degenerate_steps - degenerate_before)
+        return metrics
