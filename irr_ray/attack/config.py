@@ -52,6 +52,9 @@ class TaskResources(StrictModel):
 
     cpu: float = Field(1.0, gt=0, description="CPUs reserved per task (also its torch threads on CPU)")
     gpu: float = Field(0.0, ge=0, description="GPUs per task (0 = run on CPU)")
+    max_retries: int = Field(
+        1, ge=0, description="Ray retries of a task whose worker process died (node lost, OOM kill); "
+                             "a retry resumes from the task's last finished K")
 
 
 class AttackConfig(StrictModel):
@@ -93,6 +96,9 @@ class AttackConfig(StrictModel):
     extract_batch_size: int = Field(32, ge=1, description="prompts per forward when extracting activations")
     score_batch_rows: int = Field(
         256, ge=1, description="fast scoring: batch rows (candidates × prompts) per forward")
+    length_buckets: int = Field(
+        4, ge=1, description="fast scoring: prompts sorted into this many length buckets, each padded "
+                             "only to its own longest prompt")
     max_prompt_tokens: int | None = Field(None, ge=8, description="truncate prompts longer than this (None: never)")
 
     # --- K = 0 probes (seed text: "probe layer int(0.65 · num_hidden_layers)")

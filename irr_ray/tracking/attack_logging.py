@@ -52,17 +52,22 @@ def plot_k_curve(attack: dict[str, Any], path: str | Path, title: str | None = N
         hi = [row[key + "_ci"][1] - row[key] for row in curve]
         ax.errorbar(ks, ys, yerr=[lo, hi], marker="o", ms=4, capsize=3, color=colour, label=f"{label} refusal")
     ax.axhline(attack["threshold"], ls="--", color="grey", lw=1, label=f"threshold {attack['threshold']:.2f}")
-    rank = f"> {attack['config']['k_max']}" if attack["censored"] else str(attack["attack_rank"])
     ax.set(xlabel="K (directions ablated)", ylabel="refusal rate", ylim=(-0.03, 1.03),
-           title=title or f"attack_rank = {rank}")
+           title=title or rank_text(attack))
     ax.set_xticks(ks)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def rank_text(attack: dict[str, Any]) -> str:
+    if attack["censored"]:
+        return f"attack_rank > {attack['config']['k_max']} (censored)"
+    return f"attack_rank = {attack['attack_rank']}"
 
 
 def attack_metrics(attack: dict[str, Any], k0: dict[str, Any] | None) -> list[tuple[str, float, int]]:
@@ -125,8 +130,7 @@ def log_attack(
     attack = json.loads((attack_dir / "attack.json").read_text())
     k0 = json.loads((attack_dir / "k0.json").read_text()) if (attack_dir / "k0.json").is_file() else None
     if not (attack_dir / PLOT).is_file():
-        plot_k_curve(attack, attack_dir / PLOT, title=f"{name}: attack_rank = "
-                     + (f"> {attack['config']['k_max']}" if attack["censored"] else str(attack["attack_rank"])))
+        plot_k_curve(attack, attack_dir / PLOT, title=f"{name}: {rank_text(attack)}")
 
     client = MlflowClient(tracking_uri=tracking_uri)
     tags = [RunTag(MODEL_ROLE_TAG, role), RunTag("irr_ray.model", str(attack["model"])),

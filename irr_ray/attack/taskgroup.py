@@ -1,0 +1,276 @@
+"""Stage 3 as a Ray task group: every model of a study attacked in parallel, one task per model.
+
+Models: each sweep checkpoint ``<study>/checkpoints/<name>/`` (an HF directory with ``trial.json``
+recording its ``mlflow_run_id``), plus the study's original (source / instruct) model as
+``original`` and its base model as ``base`` when given. Each task runs
+:func:`irr_ray.attack.run.attack_model` on the resources of ``attack.resources`` (1 GPU on a
+cluster, CPUs here) and writes ``<study>/attacks/<name>/`` atomically.
+
+* A failing task (a broken checkpoint, an OOM) is reported with its error; the others finish and
+  keep their results. Worker crashes are retried by Ray (the attack resumes from its per-K progress).
+* A rerun skips every model whose ``attack.json`` exists, and only logs what was not yet logged.
+* The driver logs each result to MLflow as it arrives (one writer: SQLite-safe), see
+  :mod:`irr_ray.tracking.attack_logging`. ``<study>/attacks/attack_all.json`` records the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from irr_ray.attack.config import AttackConfig
+from irr_ray.attack.run import ATTACK_JSON
+from irr_ray.config import config_dict
+from irr_ray.errors import ConfigError
+from irr_ray.study import StudyPaths
+from irr_ray.utils.files import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+ORIGINAL, BASE, TRIAL = "original", "base", "trial"
+SUMMARY = "attack_all.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to attack: result directory name, model path, role, the trial's MLflow run."""
+
+    name: str
+    path: str
+    role: str
+    mlflow_run_id: str | None = None
+
+
+@dataclass
+class TaskGroupReport:
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> attack_rank, censored, …
+    skipped: list[str] = field(default_factory=list)  # already had attack.json
+    failed: dict[str, str] = field(default_factory=dict)  # name -> error
+    logged: dict[str, str] = field(default_factory=dict)  # name -> MLflow run id
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _trial_run_id(ckpt: Path) -> str | None:
+    try:
+        trial = json.loads((ckpt / "trial.json").read_text())
+    except (OSError, ValueError):
+        return None  # a broken checkpoint fails in its task, with the loader's error
+    run_id = trial.get("mlflow_run_id") if isinstance(trial, dict) else None
+    return str(run_id) if run_id else None
+
+
+def discover_models(paths: StudyPaths, source_model: str | None, base_model: str | None) -> list[ModelSpec]:
+    """The study's checkpoints (sorted by name), then ``original`` and ``base`` when given."""
+    specs = []
+    if paths.checkpoints.is_dir():
+        for ckpt in sorted(p for p in paths.checkpoints.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if ckpt.name in (ORIGINAL, BASE):
+                raise ConfigError(f"{ckpt}: checkpoint names {ORIGINAL!r} and {BASE!r} are reserved for the "
+                                  "study's reference models")
+            specs.append(ModelSpec(ckpt.name, str(ckpt), TRIAL, _trial_run_id(ckpt)))
+    for name, model in ((ORIGINAL, source_model), (BASE, base_model)):
+        if model:
+            local = Path(model).expanduser()
+            specs.append(ModelSpec(name, str(local.resolve()) if local.exists() else model, name))
+    return specs
+
+
+def _attack_task(spec: dict[str, Any], data_dir: str, cfg: dict[str, Any], out_dir: str,
+                 judge_model: str | None) -> dict[str, Any]:
+    """Body of one Ray task (module-level so Ray pickles it by reference)."""
+    logging.basicConfig(level=logging.INFO, format=f"[{spec['name']}] %(message)s")
+    from irr_ray.attack.run import attack_model
+
+    doc = attack_model(spec["path"], data_dir, AttackConfig.model_validate(cfg), out_dir, judge_model=judge_model)
+    return {"attack_rank": doc["attack_rank"], "censored": doc["censored"], "K": len(doc["curve"]) - 1,
+            "k0_refusal_harmful": doc["curve"][0]["refusal_harmful"],
+            "k0_refusal_harmless": doc["curve"][0]["refusal_harmless"]}
+
+
+def _error_text(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc  # RayTaskError carries the task's exception
+    first = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {first[0] if first else ''}".strip()
+
+
+def _init_ray(address: str | None, num_cpus: int | None, gpu_per_task: float) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
+    if gpu_per_task > 0 and not address:
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < gpu_per_task:
+            raise ConfigError(f"attack.resources.gpu={gpu_per_task} but this Ray instance has {have} GPUs: "
+                              "tasks would wait forever; set attack.resources.gpu=0 to run on CPUs")
+
+
+class _Tracker:
+    """Logs finished attack directories to MLflow from the driver (see attack_logging)."""
+
+    def __init__(self, uri: str | None, experiment: str | None, paths: StudyPaths, specs: list[ModelSpec]) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.paths = paths
+        self.trial_runs = [s.mlflow_run_id for s in specs if s.mlflow_run_id]
+        self._ids: tuple[str | None, str | None] | None = None
+
+    def _parent_and_experiment(self) -> tuple[str | None, str | None]:
+        if self._ids is None:
+            from mlflow import MlflowClient
+
+            from irr_ray.tracking.attack_logging import find_study_parent
+            from irr_ray.tracking.mlflow_utils import get_or_create_experiment
+
+            parent, exp_id = find_study_parent(MlflowClient(tracking_uri=self.uri), self.trial_runs)
+            if exp_id is None:
+                exp_id = get_or_create_experiment(self.experiment or self.paths.root.name, self.uri,
+                                                  self.paths.mlflow_artifacts)
+            self._ids = (parent, exp_id)
+        return self._ids
+
+    def log(self, spec: ModelSpec) -> str | None:
+        if self.uri is None:
+            return None
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        from irr_ray.tracking.attack_logging import log_attack
+
+        parent, exp_id = self._parent_and_experiment()
+        run_id = spec.mlflow_run_id
+        if run_id is not None:
+            try:
+                MlflowClient(tracking_uri=self.uri).get_run(run_id)
+            except MlflowException:
+                log.warning("%s: trial run %s not in %s; logging to a new run", spec.name, run_id, self.uri)
+                run_id = None
+        return log_attack(self.paths.attack_dir(spec.name), self.uri, role=spec.role, name=spec.name,
+                          run_id=run_id, experiment_id=exp_id, parent_run_id=parent)
+
+
+def run_attack_all(
+    study_dir: str | Path,
+    cfg: AttackConfig,
+    *,
+    source_model: str | None = None,
+    base_model: str | None = None,
+    data_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    ray_address: str | None = None,
+    ray_num_cpus: int | None = None,
+) -> TaskGroupReport:
+    """Attack every model of the study (module docstring). ``tracking_uri`` None: no MLflow."""
+    import ray
+
+    t0 = time.perf_counter()
+    paths = StudyPaths.at(study_dir)
+    data = Path(data_dir).resolve() if data_dir else paths.data
+    specs = discover_models(paths, source_model, base_model)
+    if not specs:
+        raise ConfigError(f"nothing to attack in {paths.root}: no checkpoints/*/ and no source or base model "
+                          "(pass --source-model / --base-model or set them in the study config)")
+    report = TaskGroupReport()
+    tracker = _Tracker(tracking_uri, experiment, paths, specs)
+    judge_model = source_model  # every model judged with the source model's declared refusal phrases
+
+    def record_logging(spec: ModelSpec) -> None:
+        try:
+            run_id = tracker.log(spec)
+            if run_id:
+                report.logged[spec.name] = run_id
+        except Exception as exc:  # a tracking problem must not lose the result on disk
+            log.error("%s: MLflow logging failed: %s", spec.name, _error_text(exc))
+            report.failed[spec.name] = f"MLflow logging: {_error_text(exc)}"
+
+    todo = []
+    for spec in specs:
+        if (paths.attack_dir(spec.name) / ATTACK_JSON).is_file():
+            report.skipped.append(spec.name)
+            record_logging(spec)
+        else:
+            todo.append(spec)
+
+    if todo:
+        _init_ray(ray_address, ray_num_cpus, cfg.resources.gpu)
+        remote = ray.remote(_attack_task)
+        pending = {}
+        for spec in todo:
+            ref = remote.options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu,
+                                 max_retries=cfg.resources.max_retries, name=f"attack:{spec.name}").remote(
+                asdict(spec), str(data), config_dict(cfg), str(paths.attack_dir(spec.name)), judge_model)
+            pending[ref] = spec
+        log.info("attack-all: %d task(s) submitted, %d already finished", len(todo), len(report.skipped))
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            spec = pending.pop(done[0])
+            try:
+                report.finished[spec.name] = ray.get(done[0])
+            except Exception as exc:
+                report.failed[spec.name] = _error_text(exc)
+                log.error("attack %s failed: %s", spec.name, report.failed[spec.name])
+                log.debug("%s", traceback.format_exc())
+                continue
+            log.info("attack %s finished: %s", spec.name, report.finished[spec.name])
+            record_logging(spec)
+
+    report.wall_s = time.perf_counter() - t0
+    write_json_atomic(paths.attacks / SUMMARY, {**asdict(report), "models": [asdict(s) for s in specs]})
+    return report
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What ``attack-all`` reads from a study file (other sections belong to other stages)."""
+
+    attack: AttackConfig
+    source_model: str | None
+    base_model: str | None
+    tracking_uri: str | None
+    experiment: str | None
+    ray_address: str | None
+    ray_num_cpus: int | None
+
+
+def study_settings(study_dir: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,
+                   *, source_model: str | None = None, base_model: str | None = None,
+                   tracking_uri: str | None = None, ray_address: str | None = None) -> StudySettings:
+    """Resolve the task group's settings: study file (``config`` or ``<study>/config.yaml``) +
+    dotted overrides, then explicit arguments. ``tracking_uri="none"`` disables MLflow."""
+    from irr_ray.config import apply_overrides, build_config, read_yaml
+    from irr_ray.tracking.mlflow_utils import resolve_tracking_uri
+
+    paths = StudyPaths.at(study_dir)
+    path = Path(config) if config else (paths.config if paths.config.is_file() else None)
+    data = read_yaml(path) if path else {}
+    apply_overrides(data, overrides, f" (study file {path})" if path else "")
+    section = data.get("attack") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: `attack` must be a mapping of AttackConfig keys")
+    attack = build_config(AttackConfig, section, f"{path or '<overrides>'} [attack]")
+    tracking = data.get("tracking") or {}
+    ray_cfg = data.get("ray") or {}
+    data_cfg = data.get("data") or {}
+    uri = tracking_uri or tracking.get("uri")
+    return StudySettings(
+        attack=attack,
+        source_model=source_model or data.get("source_model") or data_cfg.get("source_model"),
+        base_model=base_model or data.get("base_model"),
+        tracking_uri=None if uri == "none" else resolve_tracking_uri(uri, paths.root),
+        experiment=tracking.get("experiment") or data.get("name"),
+        ray_address=ray_address or ray_cfg.get("address"),
+        ray_num_cpus=ray_cfg.get("num_cpus"),
+    )

@@ -1,0 +1,286 @@
+"""``irr-ray bench attack``: seconds per attack iteration, reference vs fast scoring, same choices.
+
+One iteration = extract the candidates (difference of means under the current ablation; shared
+code) + score them + select. Both scorers see the same candidates; the reference's choice is
+appended to the stack, and the fast scorer must have made the same choice with the same chosen
+scores (to 1e-4). Reported: extraction time, scoring time of each side, the ratio of scoring times
+and of whole iterations, and the ratio of matmul FLOPs (counted from the forwards each side runs:
+independent of other load on the machine). Where the fast side saves on a CPU: refusal is scored
+for every candidate (a third of the reference's forwards, a floor), KL / induce only as far as
+the choice needs, induce restarted at the source layer, the LM head at the last position only.
+Batching candidates per forward pays mostly on a GPU. Models:
+
+* the organism's instruct model (``--organism-dir``; skipped without it);
+* a random-init 4-layer Llama with Llama-3.2-1B's width (hidden 2048, FFN 8192, 32/8 heads). On
+  CPU its vocabulary is cut to 8,192 rows (the full 128,256 makes the reference's all-position LM
+  head alone take minutes per iteration here); ``--quick`` shrinks it to hidden 256;
+* ``--device cuda``: Llama-3.2-1B's full shape (16 layers, vocab 128,256), random init, bf16 —
+  seconds per iteration and the fraction of the GPU's bf16 matmul rate (measured with a large
+  matmul) that the fast candidate scoring reaches, its FLOPs counted analytically from the
+  forwards it ran (:attr:`FastScorer.forward_log`).
+
+Prompts: the organism's WildGuardMix-shaped rows (no model needed) with its word-level tokenizer.
+CPU runs use one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from irr_ray.attack.config import AttackConfig
+from irr_ray.attack.iterated import ReferenceScorer, make_scorer, refusal_token_ids, tokenise_batches
+from irr_ray.attack.prompts import PromptPair
+from irr_ray.attack.reference import mean_difference_candidates, select_direction
+from irr_ray.core.directions import orthonormalize
+from irr_ray.models.families import get_layout
+
+LLAMA_1B: dict[str, Any] = {
+    "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "rope_theta": 500000.0,
+    "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048,
+}
+H200_BF16_DENSE_TFLOPS = 989.0  # datasheet (H100/H200 SXM, dense); the measured rate is what counts
+
+
+@dataclass
+class Setup:
+    name: str
+    model: Any
+    tokenizer: Any
+    extract: PromptPair
+    score: PromptPair
+    cfg: AttackConfig
+    iterations: int
+    note: str = ""
+
+
+def organism_prompts(extract_n: int, score_n: int, seed: int = 0,
+                     parquet: Path | None = None) -> tuple[PromptPair, PromptPair]:
+    """Disjoint extraction / scoring prompts per class from the organism's WildGuardMix-shaped rows."""
+    if parquet is not None:
+        import pandas as pd
+
+        rows = pd.read_parquet(parquet).to_dict("records")
+    else:
+        from irr_ray.organism.dataset import make_rows
+
+        rows = make_rows(3000, 0.1, 0.02, 0.4, seed)
+    pools: dict[str, list[str]] = {"harmful": [], "unharmful": []}
+    seen: set[str] = set()
+    for row in rows:
+        if not row["adversarial"] and row["prompt_harm_label"] in pools and row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            pools[row["prompt_harm_label"]].append(row["prompt"])
+    rng = random.Random(seed)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    h, u = pools["harmful"], pools["unharmful"]
+    return (PromptPair(h[:extract_n], u[:extract_n]),
+            PromptPair(h[extract_n:extract_n + score_n], u[extract_n:extract_n + score_n]))
+
+
+def random_llama(shape: dict[str, Any], device: str, dtype: torch.dtype) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from irr_ray.organism.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def forward_flops(config: Any, rows: int, seq: int, blocks: int, head_rows: int) -> float:
+    """Matmul FLOPs of a forward: per token and block 2·(attention + MLP weights) plus 4·T·D for
+    QKᵀ and AV (the full T×T product, as SDPA computes it), and 2·D·V per LM-head row."""
+    d = config.hidden_size
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    hd = getattr(config, "head_dim", None) or d // heads
+    weights = d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * config.intermediate_size
+    per_token_block = 2 * weights + 4 * seq * heads * hd
+    return float(rows * seq * blocks * per_token_block + 2 * d * config.vocab_size * head_rows)
+
+
+def reference_flops(setup: Setup, n_candidates: int) -> float:
+    """Matmul FLOPs of one reference scoring pass: per candidate a full forward of the harmful
+    prompts (refusal) and two of the harmless ones (KL, induce), logits at every position, plus the
+    unattacked harmless logits once. Load-independent, unlike seconds on a shared machine."""
+    from irr_ray.attack.reference import encode_batches
+
+    layers = get_layout(setup.model).num_layers
+
+    def flops(prompts: list[str]) -> float:
+        total = 0.0
+        for b in encode_batches(setup.tokenizer, prompts, setup.cfg.extract_batch_size):
+            rows, seq = b["input_ids"].shape
+            total += forward_flops(setup.model.config, rows, seq, layers, rows * seq)
+        return total
+
+    harmless = flops(setup.score.harmless)
+    return n_candidates * (flops(setup.score.harmful) + 2 * harmless) + harmless
+
+
+def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
+    """Measured dense matmul rate (FLOP/s) for n×n×n in ``dtype``: the ceiling scoring is compared to."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    reps, t0 = 10, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench(setup: Setup) -> dict[str, Any]:
+    """Run ``setup.iterations`` attack iterations with both scorers (module docstring)."""
+    model, tok, cfg = setup.model, setup.tokenizer, setup.cfg
+    device = str(next(model.parameters()).device)
+    _, ids = refusal_token_ids(model, tok, None)
+    layers = cfg.candidate_layers(get_layout(model).num_layers)
+    harmful = tokenise_batches(tok, setup.extract.harmful, cfg.extract_batch_size, None, device)
+    harmless = tokenise_batches(tok, setup.extract.harmless, cfg.extract_batch_size, None, device)
+    reference = ReferenceScorer(model, tok, setup.score, ids, cfg)
+    fast = make_scorer(model, tok, setup.score, ids, cfg)
+    fast.forward_log.clear()  # the unattacked logits are computed once per attack, not per iteration
+    rows, chosen = [], []
+    for k in range(1, setup.iterations + 1):
+        q = orthonormalize(torch.stack(chosen)) if chosen else None
+        _sync(device)
+        t0 = time.perf_counter()
+        candidates = mean_difference_candidates(model, harmful, harmless, layers, cfg.positions, q)
+        _sync(device)
+        t1 = time.perf_counter()
+        fast_scores = fast.score(candidates, chosen)
+        _sync(device)
+        t2 = time.perf_counter()
+        ref_scores = reference.score(candidates, chosen)
+        _sync(device)
+        t3 = time.perf_counter()
+        pick, fast_pick = select_direction(ref_scores, cfg), select_direction(fast_scores, cfg)
+        err = max(abs(getattr(fast_scores[pick], key) - getattr(ref_scores[pick], key))
+                  for key in ("refusal_score", "kl", "induce_score"))
+        flops = sum(forward_flops(model.config, *f) for f in fast.forward_log)
+        ref_flops = reference_flops(setup, len(candidates))
+        fast.forward_log.clear()
+        rows.append({"K": k, "candidates": len(candidates), "extract_s": t1 - t0, "fast_s": t2 - t1,
+                     "reference_s": t3 - t2, "same_choice": pick == fast_pick, "chosen_score_err": err,
+                     "choice": [ref_scores[pick].layer, ref_scores[pick].position],
+                     "fast_tflop": flops / 1e12, "reference_tflop": ref_flops / 1e12,
+                     "fast_tflops_per_s": flops / (t2 - t1) / 1e12})
+        chosen.append(candidates[pick].vector)
+        print(f"  [{setup.name}] K={k}: {len(candidates)} candidates | extract {t1 - t0:.2f}s | "
+              f"reference {t3 - t2:.2f}s | fast {t2 - t1:.2f}s ({(t3 - t2) / (t2 - t1):.1f}x, "
+              f"FLOPs {ref_flops / flops:.1f}x) | "
+              f"choice {rows[-1]['choice']} same={pick == fast_pick} err={err:.1e}", flush=True)
+    n = len(rows)
+    ref_s, fast_s, ext_s = (sum(r[k] for r in rows) / n for k in ("reference_s", "fast_s", "extract_s"))
+    return {"name": setup.name, "note": setup.note, "device": device, "dtype": str(next(model.parameters()).dtype),
+            "score_n": cfg.score_n, "extract_n": cfg.extract_n, "iterations": rows,
+            "reference_s_per_iter": ref_s + ext_s, "fast_s_per_iter": fast_s + ext_s,
+            "scoring_ratio": ref_s / fast_s, "iteration_ratio": (ref_s + ext_s) / (fast_s + ext_s),
+            "scoring_flop_ratio": sum(r["reference_tflop"] for r in rows) / sum(r["fast_tflop"] for r in rows),
+            "identical_choices": all(r["same_choice"] for r in rows),
+            "max_chosen_score_err": max(r["chosen_score_err"] for r in rows),
+            "fast_tflops_per_s": sum(r["fast_tflop"] for r in rows) / sum(r["fast_s"] for r in rows)}
+
+
+def cpu_setups(organism_dir: str | None, quick: bool) -> list[Setup]:
+    from irr_ray.models.loading import load_model, load_tokenizer
+
+    setups = []
+    if organism_dir:
+        path = Path(organism_dir).expanduser() / "instruct"
+        cfg = AttackConfig(extract_n=32 if quick else 128, score_n=8 if quick else 32)
+        extract, score = organism_prompts(cfg.extract_n, cfg.score_n,
+                                          parquet=Path(organism_dir).expanduser() / "data" / "wildguardmix.parquet")
+        setups.append(Setup("organism instruct", load_model(str(path), device="cpu"), load_tokenizer(str(path)),
+                            extract, score, cfg, 1 if quick else 3))
+    shape = {**LLAMA_1B, "num_hidden_layers": 4, "vocab_size": 8192}
+    if quick:
+        shape.update(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_key_value_heads=2)
+    model, tok = random_llama(shape, "cpu", torch.float32)
+    cfg = AttackConfig(extract_n=16 if quick else 32, score_n=4 if quick else 8)
+    extract, score = organism_prompts(cfg.extract_n, cfg.score_n)
+    setups.append(Setup(f"random 4-layer, width {shape['hidden_size']}", model, tok, extract, score, cfg, 1,
+                        note=f"vocab cut to {shape['vocab_size']} on CPU (full: 128256)"))
+    return setups
+
+
+def gpu_setup(device: str, quick: bool) -> Setup:
+    """Llama-3.2-1B's full shape, random init, bf16 (``quick``: a tiny shape, e.g. to smoke-test on CPU)."""
+    shape = dict(LLAMA_1B)
+    if quick:
+        shape.update(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=32, vocab_size=1024)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model, tok = random_llama(shape, device, dtype)
+    cfg = AttackConfig(extract_n=16 if quick else 128, score_n=4 if quick else 32,
+                       score_batch_rows=64 if quick else 1024)
+    extract, score = organism_prompts(cfg.extract_n, cfg.score_n)
+    return Setup("Llama-3.2-1B shape (random init)", model, tok, extract, score, cfg, 1 if quick else 2,
+                 note=f"{dtype}".replace("torch.", ""))
+
+
+def gpu_report(result: dict[str, Any], device: str, quick: bool) -> dict[str, Any]:
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    peak = matmul_rate(device, dtype, 1024 if quick else 8192)
+    result["matmul_tflops_per_s"] = peak / 1e12
+    result["fraction_of_matmul_rate"] = result["fast_tflops_per_s"] * 1e12 / peak
+    if device.startswith("cuda"):
+        result["gpu"] = torch.cuda.get_device_name(0)
+        result["fraction_of_h200_datasheet"] = result["fast_tflops_per_s"] / H200_BF16_DENSE_TFLOPS
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from irr_ray.models.loading import default_device
+
+    device = args.device or default_device()
+    results = []
+    if device.startswith("cuda"):
+        if args.organism_dir:
+            results += [bench(s) for s in cpu_setups(args.organism_dir, args.quick)[:1]]
+        results.append(gpu_report(bench(gpu_setup(device, args.quick)), device, args.quick))
+    else:
+        torch.set_num_threads(1)
+        if not args.organism_dir:
+            print("bench attack: no --organism-dir, skipping the organism (build one with `irr-ray organism build`)")
+        results += [bench(s) for s in cpu_setups(args.organism_dir, args.quick)]
+    print("\nseconds per attack iteration (extract + score + select), reference vs fast:")
+    print(f"{'model':<36} {'reference':>10} {'fast':>8} {'iter x':>7} {'scoring x':>10} {'FLOPs x':>8} "
+          f"{'same':>5}  note")
+    for r in results:
+        print(f"{r['name']:<36} {r['reference_s_per_iter']:>9.2f}s {r['fast_s_per_iter']:>7.2f}s "
+              f"{r['iteration_ratio']:>6.1f}x {r['scoring_ratio']:>9.1f}x {r['scoring_flop_ratio']:>7.1f}x "
+              f"{str(r['identical_choices']):>5}  {r['note']}")
+        if "fraction_of_matmul_rate" in r:
+            print(f"{'':<36} fast scoring: {r['fast_tflops_per_s']:.1f} TFLOP/s = "
+                  f"{100 * r['fraction_of_matmul_rate']:.0f}% of the measured matmul rate "
+                  f"({r['matmul_tflops_per_s']:.0f} TFLOP/s)")
+    for r in results:
+        if not r["identical_choices"]:
+            print(f"WARNING: {r['name']}: fast and reference chose differently (max chosen-score difference "
+                  f"{r['max_chosen_score_err']:.2g}; in {r['dtype']} near-ties can flip)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0

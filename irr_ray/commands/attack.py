@@ -1,0 +1,42 @@
+"""``irr-ray attack``: iterated directional ablation of one model, K = 1 … k_max, with a behavioural
+evaluation after every K → ``OUT/attack.json`` (K-curve, attack_rank) and ``OUT/directions.safetensors``.
+
+Resumable: an interrupted attack continues from its last finished K; a finished one is not redone
+(``--force`` redoes it). Precedence: defaults < ``--config`` < flags < ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model to attack (HF directory or hub id)")
+    parser.add_argument("--data-dir", required=True, help="study dataset (train.parquet, holdout.parquet)")
+    parser.add_argument("--out", required=True, help="output directory (attack.json, directions.safetensors, k0.json)")
+    parser.add_argument("--k-max", type=int, help="attack budget (default 16)")
+    parser.add_argument("--implementation", choices=["fast", "reference"], help="candidate scoring (default fast)")
+    parser.add_argument("--judge-model", help="model whose declared refusal phrases the substring judge adds "
+                                              "(default: --model)")
+    parser.add_argument("--force", action="store_true", help="redo a finished attack")
+    parser.add_argument("--config", help="YAML with AttackConfig keys, or a study file (its attack: section)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override, e.g. --set kl_threshold=0.2 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from irr_ray.attack.config import load_attack_config
+    from irr_ray.attack.run import attack_model
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_attack_config(args.config, {"k_max": args.k_max, "implementation": args.implementation},
+                             args.overrides)
+    doc = attack_model(args.model, args.data_dir, cfg, args.out, judge_model=args.judge_model, force=args.force)
+    print(f"{'K':>3} {'harmful':>8} {'harmless':>9}  layer  pos")
+    for row in doc["curve"]:
+        where = f"{row['layer']:>6} {row['position']:>4}" if "layer" in row else ""
+        print(f"{row['K']:>3} {row['refusal_harmful']:>8.3f} {row['refusal_harmless']:>9.3f} {where}")
+    rank = f"> {cfg.k_max} (censored)" if doc["censored"] else str(doc["attack_rank"])
+    print(f"attack_rank = {rank} (harmful refusal < {cfg.threshold}) -> {args.out}/attack.json")
+    return 0

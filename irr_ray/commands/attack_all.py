@@ -1,0 +1,48 @@
+"""``irr-ray attack-all``: attack every model of a study as a Ray task group — each sweep checkpoint
+(``STUDY/checkpoints/*/``), the original (source) model and the base model — one task per model,
+in parallel; results in ``STUDY/attacks/<name>/``, K-curves logged to MLflow.
+
+Settings come from the study file (``--config``, default ``STUDY/config.yaml``): its ``attack:``
+section (AttackConfig), ``tracking:`` (uri, experiment), ``ray:`` (address, num_cpus),
+``source_model`` / ``base_model`` (or ``data.source_model``); flags override them. Finished models
+are skipped; a failing model is reported and the exit code is 1, the others' results are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", required=True, help="study directory (checkpoints/, data/, attacks/, mlflow.db)")
+    parser.add_argument("--config", help="study YAML (default: STUDY/config.yaml when present)")
+    parser.add_argument("--source-model", help="the original (instruct) model, attacked as `original`")
+    parser.add_argument("--base-model", help="the base model, attacked as `base`")
+    parser.add_argument("--data-dir", help="study dataset (default: STUDY/data)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's; 'none' disables)")
+    parser.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of the study file, e.g. --set attack.k_max=4 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from irr_ray.attack.taskgroup import run_attack_all, study_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    s = study_settings(args.study, args.config, args.overrides, source_model=args.source_model,
+                       base_model=args.base_model, tracking_uri=args.tracking_uri, ray_address=args.ray_address)
+    report = run_attack_all(args.study, s.attack, source_model=s.source_model, base_model=s.base_model,
+                            data_dir=args.data_dir, tracking_uri=s.tracking_uri, experiment=s.experiment,
+                            ray_address=s.ray_address, ray_num_cpus=s.ray_num_cpus)
+    for name, res in sorted(report.finished.items()):
+        rank = f"> {s.attack.k_max}" if res["censored"] else str(res["attack_rank"])
+        print(f"  {name:<24} attack_rank {rank:<5} K=0 harmful {res['k0_refusal_harmful']:.2f} "
+              f"harmless {res['k0_refusal_harmless']:.2f}")
+    for name in report.skipped:
+        print(f"  {name:<24} already finished (skipped)")
+    for name, err in sorted(report.failed.items()):
+        print(f"  {name:<24} FAILED: {err}")
+    print(f"attack-all: {len(report.finished)} finished, {len(report.skipped)} skipped, {len(report.failed)} failed "
+          f"in {report.wall_s:.0f}s -> {args.study}/attacks/")
+    return 0 if report.ok else 1
