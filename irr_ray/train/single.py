@@ -9,6 +9,7 @@ model unchanged, with its validation metrics.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,42 +24,60 @@ def _same_config(path: Path, config_hash: str) -> bool:
     return (path / TRIAL_JSON).is_file() and read_trial_json(path).get("config_hash") == config_hash
 
 
-def train_to_dir(cfg: TrainConfig, data_dir: str | Path, out: str | Path, condition: str | None = None,
-                 verbose: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` on ``<data_dir>/train.parquet`` and export the model to ``out``; returns trial.json."""
+def train_resumable(
+    make_run: Callable[[Path | None], Any], cfg: TrainConfig, out: str | Path, config_hash: str,
+    condition: str | None, describe_epoch: Callable[[dict[str, Any]], str], label: str = "train",
+    verbose: bool = True, trial_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The resumable epoch loop shared by every trainer (refusal study and sentiment).
+
+    ``make_run(resume_from)`` builds a run object with ``epoch``, ``finished``, ``run_epoch()``,
+    ``evaluate()``, ``save(dir, extra)`` and ``trainer.state.degenerate_steps``. The last finished
+    epoch is saved atomically to ``.<out>.work/``; the finished model is exported to ``out`` with
+    ``trial.json``; a finished ``out`` with the same ``config_hash`` is returned as is.
+    """
     out = Path(out).expanduser().resolve()
     work = out.parent / f".{out.name}.work"
-    config_hash = stable_hash({"config": config_dict(cfg), "data": str(Path(data_dir).resolve())})
     if _same_config(out, config_hash):
         if verbose:
-            print(f"train: {out} is already trained with this config; nothing to do", flush=True)
+            print(f"{label}: {out} is already trained with this config; nothing to do", flush=True)
         return read_trial_json(out)
     resume = work if _same_config(work, config_hash) else None
-    run = TrainingRun(cfg, data_dir, resume_from=resume)
+    run = make_run(resume)
     if verbose:
         state = f"resuming at epoch {run.epoch}" if resume else "starting"
-        print(f"train: {state}; {len(run.train_set)} train / {len(run.val_set)} val prompts, "
-              f"{run.trainer.steps_per_epoch} steps/epoch on {run.device}", flush=True)
+        print(f"{label}: {state} on {run.device}", flush=True)
     extra = {"config_hash": config_hash, "condition": condition, "source_model": cfg.model}
-    metrics = run.evaluate() if cfg.epochs == 0 else {}
-    if cfg.epochs == 0:
+    metrics = run.evaluate() if run.finished else {}
+    if run.epoch == 0 and run.finished:  # epochs: 0 (baseline): export the source model with its metrics
         with atomic_dir(work) as tmp:
             run.save(tmp, extra={**extra, "metrics": metrics})
     while not run.finished:
         metrics = run.run_epoch()
         if verbose:
-            print(f"train: epoch {run.epoch}/{cfg.epochs} loss={metrics['train/loss']:.4f} "
-                  f"objective={metrics['objective']:.4f} refusal harmful/harmless="
-                  f"{metrics['eval/refusal_harmful']:.3f}/{metrics['eval/refusal_harmless']:.3f} "
-                  f"({metrics['time/train_s']:.1f}s + eval {metrics['time/eval_s']:.1f}s)", flush=True)
+            print(f"{label}: epoch {run.epoch}/{cfg.epochs} {describe_epoch(metrics)}", flush=True)
         with atomic_dir(work) as tmp:
             run.save(tmp, extra={**extra, "metrics": metrics})
     trial = {"name": out.name, "condition": condition, "config": config_dict(cfg), "config_hash": config_hash,
              "source_model": cfg.model, "metrics": metrics, "epochs_completed": run.epoch,
              "stopped_early": False, "status": "FINISHED", "mlflow_run_id": None,
-             "degenerate_steps": run.trainer.state.degenerate_steps}
+             "degenerate_steps": run.trainer.state.degenerate_steps, **(trial_extra or {})}
     export_checkpoint(work, out, trial)
     shutil.rmtree(work, ignore_errors=True)
     if verbose:
-        print(f"train: wrote {out}", flush=True)
+        print(f"{label}: wrote {out}", flush=True)
     return trial
+
+
+def _describe_epoch(m: dict[str, Any]) -> str:
+    return (f"loss={m['train/loss']:.4f} objective={m['objective']:.4f} refusal harmful/harmless="
+            f"{m['eval/refusal_harmful']:.3f}/{m['eval/refusal_harmless']:.3f} "
+            f"({m['time/train_s']:.1f}s + eval {m['time/eval_s']:.1f}s)")
+
+
+def train_to_dir(cfg: TrainConfig, data_dir: str | Path, out: str | Path, condition: str | None = None,
+                 verbose: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` on ``<data_dir>/train.parquet`` and export the model to ``out``; returns trial.json."""
+    config_hash = stable_hash({"config": config_dict(cfg), "data": str(Path(data_dir).resolve())})
+    return train_resumable(lambda resume: TrainingRun(cfg, data_dir, resume_from=resume), cfg, out, config_hash,
+                           condition, _describe_epoch, verbose=verbose)
