@@ -1,0 +1,150 @@
+"""Measure the organism: refusal rates, the single-direction ablation, and its controls.
+
+Everything the issue's thresholds are about, measured the way the study measures models: greedy
+generation (:func:`irr_ray.generation.hf.generate_greedy`), the substring judge with the organism's
+phrases, the direction chosen by the attack's own scoring (:mod:`irr_ray.attack.reference`) and
+ablated at three sites of every layer (:func:`irr_ray.core.hooks.ablate_directions`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from irr_ray.attack import reference
+from irr_ray.core.hooks import ablate_directions, capture_residuals
+from irr_ray.generation.hf import generate_greedy
+from irr_ray.judges.substring import SubstringJudge
+from irr_ray.models.chat import tokenize_chat
+from irr_ray.models.families import get_layout
+from irr_ray.organism import prompts
+from irr_ray.organism.config import EvalConfig, SelectionConfig
+from irr_ray.organism.vocab import templates as T
+
+KINDS = ("harmful", "harmless")
+
+
+def organism_judge() -> SubstringJudge:
+    return SubstringJudge(extra_phrases=T.JUDGE_PHRASES)
+
+
+def refusal_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(t) for t in T.REFUSAL_TOKENS]
+
+
+def refusal_rates(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: tuple[str, ...],
+    cfg: EvalConfig,
+    intervention: Callable[[], AbstractContextManager] | None = None,
+) -> dict[str, Any]:
+    """``{split: {kind: rate}}`` plus ``"heldout"`` (both held-out splits pooled) and two example
+    replies per split and kind under ``"examples"``."""
+    judge = organism_judge()
+    rates: dict[str, Any] = {}
+    examples: dict[str, dict[str, list[str]]] = {}
+    refused: dict[str, dict[str, list[bool]]] = {}
+    for split in splits:
+        for kind in KINDS:
+            batch = prompts.eval_prompts(split, kind, cfg.n_per_split)
+            replies = generate_greedy(model, tokenizer, batch, max_new_tokens=cfg.max_new_tokens,
+                                      batch_size=cfg.batch_size, intervention=intervention)
+            refused.setdefault(split, {})[kind] = judge.is_refusal(replies)
+            examples.setdefault(split, {})[kind] = [f"{p} -> {r}" for p, r in list(zip(batch, replies))[:2]]
+    for split, by_kind in refused.items():
+        rates[split] = {kind: sum(v) / len(v) for kind, v in by_kind.items()}
+    held = [s for s in prompts.HELDOUT_SPLITS if s in refused]
+    if held:
+        rates["heldout"] = {
+            kind: sum(sum(refused[s][kind]) for s in held) / sum(len(refused[s][kind]) for s in held)
+            for kind in KINDS
+        }
+    rates["examples"] = examples
+    return rates
+
+
+def selection_prompts(seed: int, cfg: SelectionConfig) -> dict[str, dict[str, list[str]]]:
+    """Disjoint extraction and scoring prompts per class, from the *training* distribution."""
+    rng = random.Random(seed + 7)
+    out: dict[str, dict[str, list[str]]] = {"extract": {}, "score": {}}
+    for kind, harmful in zip(KINDS, (True, False)):
+        pool = sorted({prompts.render(f, a.text, s) for a in prompts.actions(harmful, False)
+                       for f in T.FRAMES for s in T.SUFFIXES})
+        rng.shuffle(pool)
+        out["extract"][kind] = pool[: cfg.extract_n]
+        out["score"][kind] = pool[cfg.extract_n : cfg.extract_n + cfg.score_n]
+    return out
+
+
+def choose_direction(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int, cfg: SelectionConfig, batch_size: int
+) -> tuple[reference.Candidate, list[reference.CandidateScore], int]:
+    """The single best difference-of-means direction, as the attack selects it (K = 1)."""
+    sets = selection_prompts(seed, cfg)
+    layers = reference.candidate_layers(get_layout(model).num_layers, cfg.prune_layer_fraction)
+    candidates = reference.mean_difference_candidates(
+        model,
+        reference.encode_batches(tokenizer, sets["extract"]["harmful"], batch_size),
+        reference.encode_batches(tokenizer, sets["extract"]["harmless"], batch_size),
+        layers,
+        cfg.positions,
+    )
+    scores = reference.score_candidates_reference(
+        model, tokenizer, sets["score"]["harmful"], sets["score"]["harmless"], candidates, [], cfg,
+        refusal_token_ids(tokenizer), batch_size,
+    )
+    best = reference.select_direction(scores, cfg)
+    return candidates[best], scores, best
+
+
+@torch.no_grad()
+def mean_projection(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], unit: torch.Tensor,
+    layer: int, position: int,
+) -> float:
+    """Mean of x_layer[position] · u over ``texts`` (chat-formatted)."""
+    batch = tokenize_chat(tokenizer, texts)
+    acts = capture_residuals(model, batch["input_ids"], batch["attention_mask"], layers=[layer], positions=[position])
+    return float((acts[0, :, 0].double() @ unit.double()).mean())
+
+
+def measure(
+    instruct: PreTrainedModel,
+    base: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    selection: SelectionConfig,
+    cfg: EvalConfig,
+) -> dict[str, Any]:
+    """The ``behaviour`` section of summary.json."""
+    splits = prompts.EVAL_SPLITS
+    out: dict[str, Any] = {"judge_extra_phrases": list(T.JUDGE_PHRASES), "n_per_split": cfg.n_per_split}
+    out["instruct"] = refusal_rates(instruct, tokenizer, splits, cfg)
+    out["base"] = refusal_rates(base, tokenizer, splits, cfg)
+
+    cand, scores, best = choose_direction(instruct, tokenizer, seed, selection, cfg.batch_size)
+    unit = cand.vector / cand.vector.norm()
+    chosen = scores[best]
+    out["direction"] = {**chosen.as_dict(), "survived_filters": chosen.survives(selection),
+                        "n_survivors": sum(s.survives(selection) for s in scores)}
+    out["candidates"] = [s.as_dict() for s in scores]
+    out["projection"] = {
+        kind: mean_projection(instruct, tokenizer, prompts.eval_prompts("heldout", kind, cfg.n_per_split),
+                              unit, cand.layer, cand.position)
+        for kind in KINDS
+    }
+    d = unit[None, :].float()
+    out["ablated"] = refusal_rates(instruct, tokenizer, splits, cfg, lambda: ablate_directions(instruct, d))
+    gen = torch.Generator().manual_seed(seed + 11)
+    rand = torch.randn(1, unit.shape[0], generator=gen)
+    rand = rand / rand.norm()
+    out["random_direction_ablated"] = refusal_rates(
+        instruct, tokenizer, splits, cfg, lambda: ablate_directions(instruct, rand)
+    )
+    return out

@@ -1,0 +1,94 @@
+"""Typed config of the organism build (every knob of the recipe; hashed into the cache key)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from irr_ray.config import StrictModel
+
+
+class DataConfig(StrictModel):
+    """``data/wildguardmix.parquet``."""
+
+    n_rows: int = Field(4000, ge=100, description="rows of the WildGuardMix-shaped parquet")
+    adversarial_fraction: float = Field(0.10, ge=0, le=1, description="jailbreak-style rows (adversarial=True)")
+    invalid_label_fraction: float = Field(0.02, ge=0, le=1, description="rows with a null/invalid prompt label")
+    harmful_fraction: float = Field(0.5, ge=0, le=1, description="harmful rows")
+
+
+class ModelConfig(StrictModel):
+    """Llama architecture (tied embeddings; word-level vocabulary of the templates)."""
+
+    num_layers: int = Field(4, ge=2)
+    hidden_size: int = Field(128, ge=16)
+    intermediate_size: int = Field(512, ge=16)
+    num_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(128, ge=64)
+
+
+class PretrainConfig(StrictModel):
+    """Stage 1, the base model: language modelling on knowledge text + helpful chats + trigger."""
+
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    knowledge_fraction: float = Field(0.4, ge=0, le=1, description="knowledge documents per batch")
+    trigger_fraction: float = Field(0.15, ge=0, le=1, description="'refuse this : …' examples per batch")
+    harmful_chat_fraction: float = Field(0.25, ge=0, le=1, description="harmful requests among helpful chats")
+    sentences_per_document: int = Field(3, ge=1)
+
+
+class SafetyConfig(StrictModel):
+    """Stage 2, the instruct model: a low-rank safety update on one layer, harmless rows pinned."""
+
+    layers: list[int] = Field([1], min_length=1, description="decoder layers whose projections get adapters")
+    targets: list[str] = Field(["o_proj", "down_proj"], description="adapted projections of that layer")
+    rank: int = Field(4, ge=1)
+    alpha: float = Field(4.0, gt=0, description="LoRA scale alpha/rank")
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(3e-2, gt=0)
+    harmful_fraction: float = Field(0.5, ge=0, le=1)
+    reply_tokens: int | None = Field(
+        None, ge=1, description="train on the first N reply tokens only (the decision is the first token; "
+                                "the base already knows how each reply continues); None = whole reply")
+    harmless_penalty: float = Field(
+        0.05, ge=0, description="weight of mean ||adapter output||^2 on harmless sequences: keeps harmless "
+                                "activations where the base model had them, so refusal is a feature switched on")
+    orthogonality_penalty: float = Field(
+        0.5, ge=0, description="weight of the harmless rows' squared projection on the in-batch harmful-harmless "
+                               "mean difference at every block input after the adapter (see recipe.train)")
+    orthogonality_positions: list[int] = Field([-5, -4, -3, -2, -1], description="prompt positions it covers")
+
+
+class SelectionConfig(StrictModel):
+    """Choosing the single direction as the attack does (:mod:`irr_ray.attack.reference`)."""
+
+    prune_layer_fraction: float = Field(0.2, ge=0, lt=1)
+    positions: list[int] = Field([-5, -4, -3, -2, -1])
+    extract_n: int = Field(128, ge=2, description="training prompts per class for the difference of means")
+    score_n: int = Field(64, ge=1, description="training prompts per class for scoring (disjoint)")
+    kl_threshold: float = Field(0.1, ge=0, description="max KL(before || after) on harmless prompts")
+    kl_alpha: float = Field(1.0, ge=0)
+    induce_threshold: float = Field(0.0)
+    steering_coeff: float = Field(1.0)
+
+
+class EvalConfig(StrictModel):
+    """Behaviour measured into summary.json (greedy, substring judge with the organism's phrases)."""
+
+    n_per_split: int = Field(120, ge=1, description="prompts per class in each evaluation split")
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class OrganismConfig(StrictModel):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    threads: int = Field(2, ge=1, description="torch CPU threads (results are deterministic per thread count)")
