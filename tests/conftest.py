@@ -16,3 +16,17 @@ def organism_dir() -> Path:
     from irr_ray.organism import build_organism
 
     return build_organism(REPO / ".cache" / "organism-test", seed=0).root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ray_down_after_each_module():
+    """Tests that drive a stage in-process leave the Ray they started running (as a user's
+    session would); each test module starts from no Ray, so its own `ray.init` is the one that counts."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

@@ -136,18 +136,40 @@ def start_ui(study_dir: str | Path, port: int = 5000, host: str = LOOPBACK, allo
     return proc, url
 
 
-def stop_ui(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+def _live_members(pgid: int) -> list[int]:
+    """PIDs in process group ``pgid`` that are not zombies (a zombie whose parent died may never be
+    reaped when PID 1 is not an init that reaps, e.g. in containers — signalling it succeeds forever)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            pids.append(int(entry))
+    return pids
+
+
+def stop_ui(proc: subprocess.Popen, grace_s: float = 10.0, kill_wait_s: float = 10.0) -> None:
     """Stop the server and every process it forked (its process group): SIGTERM, then SIGKILL
-    after ``grace_s``."""
+    after ``grace_s``; returns once no live process is left in the group (or ``kill_wait_s`` after
+    the SIGKILL, which only an unkillable process survives)."""
     sig = signal.SIGTERM
     deadline = time.monotonic() + grace_s
     while True:
+        proc.poll()  # reap the leader, or its zombie counts as a member
+        if os.path.isdir("/proc") and not _live_members(proc.pid):
+            break
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:  # the whole group is gone
             break
-        proc.poll()  # reap the leader, or its zombie keeps the group alive
         if time.monotonic() > deadline:
+            if sig == signal.SIGKILL and time.monotonic() > deadline + kill_wait_s:
+                break
             sig = signal.SIGKILL
         time.sleep(0.2)
     proc.wait()
