@@ -28,7 +28,11 @@ def _interrupt(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     from irr_ray.tracking.ui import experiment_links, is_loopback, start_ui, stop_ui
 
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as cleanly as Ctrl-C
+    # Ctrl-C and `kill` stop the server cleanly. SIGINT is set explicitly: a process started in the
+    # background of a non-interactive shell (`cmd &`, nohup, some CI runners) inherits SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     host = args.host or LOOPBACK
     if not is_loopback(host):
