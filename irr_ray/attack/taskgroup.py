@@ -87,7 +87,8 @@ def discover_models(paths: StudyPaths, source_model: str | None, base_model: str
 def _attack_task(spec: dict[str, Any], data_dir: str, cfg: dict[str, Any], out_dir: str,
                  judge_model: str | None) -> dict[str, Any]:
     """Body of one Ray task (module-level so Ray pickles it by reference)."""
-    logging.basicConfig(level=logging.INFO, format=f"[{spec['name']}] %(message)s")
+    # A Ray worker process runs task after task: replace the log prefix each time (force=True).
+    logging.basicConfig(level=logging.INFO, format=f"[{spec['name']}] %(message)s", force=True)
     from irr_ray.attack.run import attack_model
 
     doc = attack_model(spec["path"], data_dir, AttackConfig.model_validate(cfg), out_dir, judge_model=judge_model)
