@@ -20,11 +20,9 @@ driver and the Tune trial treat both studies alike.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -32,18 +30,11 @@ from torch import Tensor, nn
 from irr_ray.config import config_dict, stable_hash
 from irr_ray.core.losses import layer_penalty
 from irr_ray.core.probes import probe_accuracy
-from irr_ray.errors import ConfigError
-from irr_ray.models.families import get_layout
-from irr_ray.models.loading import default_device, load_tokenizer
-from irr_ray.train.checkpoint import (
-    restore_training_state,
-    save_training_checkpoint,
-)
 from irr_ray.train.config import TrainConfig
-from irr_ray.train.data import PromptSet, balanced_subsample, split_validation
-from irr_ray.train.run import load_master_model
+from irr_ray.train.data import PromptSet
+from irr_ray.train.run import TrainingRun
 from irr_ray.train.single import train_resumable
-from irr_ray.train.trainer import Trainer, autocast, compute_dtype, pool_layers, teacher_logits
+from irr_ray.train.trainer import autocast, pool_layers
 
 log = logging.getLogger(__name__)
 
@@ -99,66 +90,19 @@ class SentimentValidation:
         }
 
 
-class SentimentRun:
-    """A sentiment fine-tune ready to run epoch by epoch (interface of ``TrainingRun``)."""
+class SentimentRun(TrainingRun):
+    """A sentiment fine-tune on the shared trainer: raw review text instead of chat prompts, and the
+    sentiment validation (class-mean gap, probe) instead of the refusal one."""
 
-    def __init__(self, cfg: TrainConfig, data_dir: str | Path, resume_from: str | Path | None = None) -> None:
+    model_hint = "the sentiment source model (built local model or gpt2)"
+
+    def load_examples(self, data_dir: str | Path) -> PromptSet:
         from irr_ray.sentiment.data import read_split
 
-        if not cfg.model:
-            raise ConfigError("train.model is not set: the sentiment source model (built local model or gpt2)")
-        self.cfg = cfg
-        self.device = cfg.device or default_device()
-        self.dtype = compute_dtype(cfg, self.device)
-        torch.manual_seed(cfg.seed)
-        t0 = time.perf_counter()
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.model = load_master_model(resume_from or cfg.model, self.device)
-        self.num_layers = get_layout(self.model).num_layers
+        return text_set(read_split(data_dir, "train"), self.tokenizer, self.cfg.max_length)
 
-        texts = text_set(read_split(data_dir, "train"), self.tokenizer, cfg.max_length)
-        labels = texts.labels.numpy()
-        train_idx, val_idx = split_validation(labels, cfg.eval.n_per_class, cfg.seed)
-        if cfg.max_train_samples is not None and cfg.max_train_samples < len(train_idx):
-            train_idx = train_idx[balanced_subsample(labels[train_idx], cfg.max_train_samples, cfg.seed)]
-        self.train_set = texts.subset(train_idx)
-        self.val_set = texts.subset(np.asarray(val_idx))
-
-        teacher = None
-        if cfg.uses_kd:  # KD target: the source model's next-token distribution at the last token
-            source = self.model if resume_from is None else load_master_model(cfg.model, self.device)
-            teacher = teacher_logits(source, self.train_set, cfg.teacher_batch_size, self.device, self.dtype)
-            del source
-        self.trainer = Trainer(cfg, self.model, self.train_set, teacher, self.device)
-        if resume_from is not None:
-            restore_training_state(resume_from, self.trainer)
-        self.evaluator = SentimentValidation(cfg, self.val_set, self.num_layers, self.device, self.dtype)
-        self.setup_seconds = time.perf_counter() - t0
-
-    @property
-    def epoch(self) -> int:
-        return self.trainer.state.epoch
-
-    @property
-    def finished(self) -> bool:
-        return self.epoch >= self.cfg.epochs
-
-    def run_epoch(self) -> dict[str, float]:
-        t0 = time.perf_counter()
-        metrics = self.trainer.train_epoch()
-        t1 = time.perf_counter()
-        metrics.update(self.evaluator(self.model))
-        metrics.update({"epoch": float(self.epoch), "time/train_s": t1 - t0,
-                        "time/eval_s": time.perf_counter() - t1,
-                        "degenerate_steps_total": float(self.trainer.state.degenerate_steps)})
-        return metrics
-
-    def evaluate(self) -> dict[str, float]:
-        return {**self.evaluator(self.model), "epoch": float(self.epoch)}
-
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        info = {"config": config_dict(self.cfg), "state": self.trainer.state.to_dict(), **(extra or {})}
-        save_training_checkpoint(path, self.trainer, self.tokenizer, info)
+    def make_evaluator(self, teacher: nn.Module) -> SentimentValidation:
+        return SentimentValidation(self.cfg, self.val_set, self.num_layers, self.device, self.dtype)
 
 
 def _fingerprint(path: Path, record: str) -> str:

@@ -51,7 +51,7 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig, data_dir: str | Path, resume_from: str | Path | None = None) -> None:
         if not cfg.model:
-            raise ConfigError("train.model is not set: give the source model directory (or study source_model)")
+            raise ConfigError(f"train.model is not set: {self.model_hint}")
         self.cfg = cfg
         self.device = cfg.device or default_device()
         self.dtype = compute_dtype(cfg, self.device)
@@ -61,17 +61,17 @@ class TrainingRun:
         self.model = load_master_model(resume_from or cfg.model, self.device)
         self.num_layers = get_layout(self.model).num_layers
 
-        prompts = PromptSet.from_frame(load_split(data_dir, "train"), self.tokenizer, cfg.max_length)
-        labels = prompts.labels.numpy()
+        examples = self.load_examples(data_dir)
+        labels = examples.labels.numpy()
         train_idx, val_idx = split_validation(labels, cfg.eval.n_per_class, cfg.seed)
         if cfg.max_train_samples is not None and cfg.max_train_samples < len(train_idx):
             train_idx = train_idx[balanced_subsample(labels[train_idx], cfg.max_train_samples, cfg.seed)]
-        self.train_set = prompts.subset(train_idx)
-        self.val_set = prompts.subset(val_idx)
+        self.train_set = examples.subset(train_idx)
+        self.val_set = examples.subset(val_idx)
 
         self.teacher_passes = 0
         teacher = self.model if resume_from is None else load_master_model(cfg.model, self.device)
-        teacher_val = self._teacher(teacher, self.val_set)
+        self.evaluator = self.make_evaluator(teacher)
         teacher_train = self._teacher(teacher, self.train_set) if cfg.uses_kd else None
         if teacher is not self.model:
             del teacher
@@ -80,10 +80,20 @@ class TrainingRun:
         self.trainer = Trainer(cfg, self.model, self.train_set, teacher_train, self.device)
         if resume_from is not None:
             restore_training_state(resume_from, self.trainer)
-        _, refusal_ids = refusal_token_ids(self.model, self.tokenizer, cfg.eval.refusal_tokens)
-        self.evaluator = Evaluator(cfg, self.val_set, teacher_val, refusal_ids, self.num_layers,
-                                   self.device, self.dtype)
         self.setup_seconds = time.perf_counter() - t0
+
+    # What a subclass (another task on the same trainer, e.g. irr_ray.sentiment) replaces:
+    model_hint = "give the source model directory (or study source_model)"
+
+    def load_examples(self, data_dir: str | Path) -> PromptSet:
+        """The training split as a PromptSet (chat-template prompts, label 1 = harmful)."""
+        return PromptSet.from_frame(load_split(data_dir, "train"), self.tokenizer, self.cfg.max_length)
+
+    def make_evaluator(self, teacher: torch.nn.Module):
+        """Per-epoch validation; ``teacher`` is the frozen source model (KD KL on the validation slice)."""
+        teacher_val = self._teacher(teacher, self.val_set)
+        _, refusal_ids = refusal_token_ids(self.model, self.tokenizer, self.cfg.eval.refusal_tokens)
+        return Evaluator(self.cfg, self.val_set, teacher_val, refusal_ids, self.num_layers, self.device, self.dtype)
 
     def _teacher(self, model: torch.nn.Module, prompts: PromptSet) -> torch.Tensor:
         self.teacher_passes += 1
