@@ -131,6 +131,39 @@ def reference_flops(setup: Setup, n_candidates: int) -> float:
     return n_candidates * (flops(setup.score.harmful) + 2 * harmless) + harmless
 
 
+def refusal_floor_flops(fast: Any, n_candidates: int) -> float:
+    """FLOPs every exact scorer must spend: the refusal score of *every* candidate is needed to know
+    which survivor has the lowest one, i.e. one forward of the harmful scoring prompts per candidate
+    (LM head at the last position only). reference / this = the largest FLOP ratio any exact scorer
+    can reach; past it only a faster FLOP rate helps (batching candidates on a GPU)."""
+    layers = fast.num_layers
+    per_candidate = sum(forward_flops(fast.model.config, *b["input_ids"].shape, layers, b["input_ids"].shape[0])
+                        for b in fast.harmful)
+    return n_candidates * per_candidate
+
+
+def analytic_bound(shape: dict[str, Any], score: PromptPair, batch_size: int, n_candidates: int) -> float:
+    """``exact_flop_bound`` for a model shape that is not run: FLOPs counted from the shape and the
+    scoring prompts' token counts (organism tokenizer), as :func:`reference_flops` /
+    :func:`refusal_floor_flops` count them for the models that are."""
+    from transformers import LlamaConfig
+
+    from irr_ray.attack.reference import encode_batches
+    from irr_ray.organism.tokenizer import build_tokenizer
+
+    config, tok = LlamaConfig(**shape), build_tokenizer()
+    layers = config.num_hidden_layers
+
+    def flops(prompts: list[str], all_positions: bool) -> float:
+        return sum(forward_flops(config, *b["input_ids"].shape, layers,
+                                 b["input_ids"].numel() if all_positions else b["input_ids"].shape[0])
+                   for b in encode_batches(tok, prompts, batch_size))
+
+    harmless = flops(score.harmless, True)
+    reference = n_candidates * (flops(score.harmful, True) + 2 * harmless) + harmless
+    return reference / (n_candidates * flops(score.harmful, False))
+
+
 def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
     """Measured dense matmul rate (FLOP/s) for n×n×n in ``dtype``: the ceiling scoring is compared to."""
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -180,11 +213,13 @@ def bench(setup: Setup) -> dict[str, Any]:
                   for key in ("refusal_score", "kl", "induce_score"))
         flops = sum(forward_flops(model.config, *f) for f in fast.forward_log)
         ref_flops = reference_flops(setup, len(candidates))
+        floor = refusal_floor_flops(fast, len(candidates))
         fast.forward_log.clear()
         rows.append({"K": k, "candidates": len(candidates), "extract_s": t1 - t0, "fast_s": t2 - t1,
                      "reference_s": t3 - t2, "same_choice": pick == fast_pick, "chosen_score_err": err,
                      "choice": [ref_scores[pick].layer, ref_scores[pick].position],
                      "fast_tflop": flops / 1e12, "reference_tflop": ref_flops / 1e12,
+                     "floor_tflop": floor / 1e12,
                      "fast_tflops_per_s": flops / (t2 - t1) / 1e12})
         chosen.append(candidates[pick].vector)
         print(f"  [{setup.name}] K={k}: {len(candidates)} candidates | extract {t1 - t0:.2f}s | "
@@ -198,6 +233,7 @@ def bench(setup: Setup) -> dict[str, Any]:
             "reference_s_per_iter": ref_s + ext_s, "fast_s_per_iter": fast_s + ext_s,
             "scoring_ratio": ref_s / fast_s, "iteration_ratio": (ref_s + ext_s) / (fast_s + ext_s),
             "scoring_flop_ratio": sum(r["reference_tflop"] for r in rows) / sum(r["fast_tflop"] for r in rows),
+            "exact_flop_bound": sum(r["reference_tflop"] for r in rows) / sum(r["floor_tflop"] for r in rows),
             "identical_choices": all(r["same_choice"] for r in rows),
             "max_chosen_score_err": max(r["chosen_score_err"] for r in rows),
             "fast_tflops_per_s": sum(r["fast_tflop"] for r in rows) / sum(r["fast_s"] for r in rows)}
@@ -267,15 +303,22 @@ def run(args: argparse.Namespace) -> int:
         results += [bench(s) for s in cpu_setups(args.organism_dir, args.quick)]
     print("\nseconds per attack iteration (extract + score + select), reference vs fast:")
     print(f"{'model':<36} {'reference':>10} {'fast':>8} {'iter x':>7} {'scoring x':>10} {'FLOPs x':>8} "
-          f"{'same':>5}  note")
+          f"{'bound x':>8} {'same':>5}  note")
     for r in results:
         print(f"{r['name']:<36} {r['reference_s_per_iter']:>9.2f}s {r['fast_s_per_iter']:>7.2f}s "
               f"{r['iteration_ratio']:>6.1f}x {r['scoring_ratio']:>9.1f}x {r['scoring_flop_ratio']:>7.1f}x "
-              f"{str(r['identical_choices']):>5}  {r['note']}")
+              f"{r['exact_flop_bound']:>7.1f}x {str(r['identical_choices']):>5}  {r['note']}")
         if "fraction_of_matmul_rate" in r:
             print(f"{'':<36} fast scoring: {r['fast_tflops_per_s']:.1f} TFLOP/s = "
                   f"{100 * r['fraction_of_matmul_rate']:.0f}% of the measured matmul rate "
                   f"({r['matmul_tflops_per_s']:.0f} TFLOP/s)")
+    cfg = AttackConfig()
+    _, score = organism_prompts(cfg.extract_n, cfg.score_n)
+    n_cand = len(cfg.candidate_layers(LLAMA_1B["num_hidden_layers"])) * len(cfg.positions)
+    print(f"{'Llama-3.2-1B full shape (FLOPs only)':<36} {'':>10} {'':>8} {'':>7} {'':>10} {'':>8} "
+          f"{analytic_bound(LLAMA_1B, score, cfg.extract_batch_size, n_cand):>7.1f}x  counted, not run")
+    print("bound x: reference FLOPs / the refusal pass over every candidate, which any scorer that makes the "
+          "same choices must run; a FLOP-bound CPU cannot beat it, a GPU gains by batching candidates")
     for r in results:
         if not r["identical_choices"]:
             print(f"WARNING: {r['name']}: fast and reference chose differently (max chosen-score difference "

@@ -27,3 +27,19 @@ def test_forward_flops_counts_the_llama_1b_forward() -> None:
     blocks = 16 * (2048 * 2048 * 2 + 2048 * 512 * 2 + 3 * 2048 * 8192)
     head = 2048 * 128256
     assert forward_flops(config, 1, 1, 16, 1) == 2 * blocks + 2 * head + 16 * 4 * 2048
+
+
+def test_exact_flop_bound_caps_the_fast_scorer() -> None:
+    """Every exact scorer runs the refusal pass over all candidates, so the fast scorer's FLOP ratio
+    can't exceed ``exact_flop_bound``; for Llama-3.2-1B's full shape that bound is below 10×, which is
+    why the 10× target needs a GPU's batching (README, attack speed)."""
+    from irr_ray.attack.config import AttackConfig
+    from irr_ray.bench.attack import LLAMA_1B, analytic_bound, organism_prompts
+
+    torch.set_num_threads(1)
+    result = bench(gpu_setup("cpu", quick=True))
+    assert 1.0 < result["scoring_flop_ratio"] <= result["exact_flop_bound"] + 1e-9
+    cfg = AttackConfig()
+    _, score = organism_prompts(cfg.extract_n, cfg.score_n)
+    bound = analytic_bound(LLAMA_1B, score, cfg.extract_batch_size, 13 * 5)
+    assert 2.0 < bound < 10.0
