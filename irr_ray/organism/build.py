@@ -39,7 +39,7 @@ from irr_ray.utils.files import atomic_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-ORGANISM_VERSION = "organism-v1"
+ORGANISM_VERSION = "organism-v2"
 SUMMARY = "summary.json"
 PARQUET = "data/wildguardmix.parquet"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from irr_ray.config import StrictModel
 
@@ -41,9 +41,9 @@ class PretrainConfig(StrictModel):
 
 
 class SafetyConfig(StrictModel):
-    """Stage 2, the instruct model: a low-rank safety update on one layer, harmless rows pinned."""
+    """Stage 2, the instruct model: a low-rank safety update on two layers, harmless rows pinned."""
 
-    layers: list[int] = Field([1], min_length=1, description="decoder layers whose projections get adapters")
+    layers: list[int] = Field([1, 2], min_length=1, description="decoder layers whose projections get adapters")
     targets: list[str] = Field(["o_proj", "down_proj"], description="adapted projections of that layer")
     rank: int = Field(4, ge=1)
     alpha: float = Field(4.0, gt=0, description="LoRA scale alpha/rank")
@@ -92,3 +92,10 @@ class OrganismConfig(StrictModel):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     threads: int = Field(2, ge=1, description="torch CPU threads (results are deterministic per thread count)")
+
+    @model_validator(mode="after")
+    def _adapters_fit_the_model(self) -> OrganismConfig:
+        bad = [layer for layer in self.safety.layers if not 0 <= layer < self.model.num_layers]
+        if bad:
+            raise ValueError(f"safety.layers {bad} out of range for model.num_layers={self.model.num_layers}")
+        return self

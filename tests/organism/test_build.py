@@ -18,7 +18,7 @@ SMALL = {
     "data": {"n_rows": 400},
     "model": {"num_layers": 2, "hidden_size": 32, "intermediate_size": 64},
     "pretrain": {"steps": 12, "batch_size": 8},
-    "safety": {"steps": 6, "batch_size": 8},
+    "safety": {"steps": 6, "batch_size": 8, "layers": [1]},
     "selection": {"extract_n": 8, "score_n": 4},
     "eval": {"n_per_split": 4, "max_new_tokens": 4},
     "threads": 1,
