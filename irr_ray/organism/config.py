@@ -29,7 +29,7 @@ class ModelConfig(StrictModel):
 class PretrainConfig(StrictModel):
     """Stage 1, the base model: language modelling on knowledge text + helpful chats + trigger."""
 
-    steps: int = Field(600, ge=1)
+    steps: int = Field(900, ge=1)
     batch_size: int = Field(32, ge=2)
     lr: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(30, ge=0)
