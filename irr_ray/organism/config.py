@@ -44,7 +44,7 @@ class SafetyConfig(StrictModel):
     """Stage 2, the instruct model: a low-rank safety update on two layers, harmless rows pinned."""
 
     layers: list[int] = Field([1, 2], min_length=1, description="decoder layers whose projections get adapters")
-    targets: list[str] = Field(["o_proj", "down_proj"], description="adapted projections of that layer")
+    targets: list[str] = Field(["o_proj", "down_proj"], description="adapted projections of those layers")
     rank: int = Field(4, ge=1)
     alpha: float = Field(4.0, gt=0, description="LoRA scale alpha/rank")
     steps: int = Field(800, ge=1)
