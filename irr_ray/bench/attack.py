@@ -112,23 +112,30 @@ def forward_flops(config: Any, rows: int, seq: int, blocks: int, head_rows: int)
     return float(rows * seq * blocks * per_token_block + 2 * d * config.vocab_size * head_rows)
 
 
-def reference_flops(setup: Setup, n_candidates: int) -> float:
+def prompt_flops(config: Any, tokenizer: Any, prompts: list[str], batch_size: int, all_positions: bool) -> float:
+    """Matmul FLOPs of one full forward of ``prompts`` in chat-formatted batches of ``batch_size``,
+    the LM head at every position (``all_positions``) or at the last one only."""
+    from irr_ray.attack.reference import encode_batches
+
+    return sum(forward_flops(config, *b["input_ids"].shape, config.num_hidden_layers,
+                             b["input_ids"].numel() if all_positions else b["input_ids"].shape[0])
+               for b in encode_batches(tokenizer, prompts, batch_size))
+
+
+def reference_scoring_flops(config: Any, tokenizer: Any, score: PromptPair, batch_size: int,
+                            n_candidates: int) -> float:
     """Matmul FLOPs of one reference scoring pass: per candidate a full forward of the harmful
     prompts (refusal) and two of the harmless ones (KL, induce), logits at every position, plus the
     unattacked harmless logits once. Load-independent, unlike seconds on a shared machine."""
-    from irr_ray.attack.reference import encode_batches
+    harmless = prompt_flops(config, tokenizer, score.harmless, batch_size, True)
+    harmful = prompt_flops(config, tokenizer, score.harmful, batch_size, True)
+    return n_candidates * (harmful + 2 * harmless) + harmless
 
-    layers = get_layout(setup.model).num_layers
 
-    def flops(prompts: list[str]) -> float:
-        total = 0.0
-        for b in encode_batches(setup.tokenizer, prompts, setup.cfg.extract_batch_size):
-            rows, seq = b["input_ids"].shape
-            total += forward_flops(setup.model.config, rows, seq, layers, rows * seq)
-        return total
-
-    harmless = flops(setup.score.harmless)
-    return n_candidates * (flops(setup.score.harmful) + 2 * harmless) + harmless
+def reference_flops(setup: Setup, n_candidates: int) -> float:
+    """:func:`reference_scoring_flops` of a benchmark setup."""
+    return reference_scoring_flops(setup.model.config, setup.tokenizer, setup.score, setup.cfg.extract_batch_size,
+                                   n_candidates)
 
 
 def refusal_floor_flops(fast: Any, n_candidates: int) -> float:
@@ -144,24 +151,14 @@ def refusal_floor_flops(fast: Any, n_candidates: int) -> float:
 
 def analytic_bound(shape: dict[str, Any], score: PromptPair, batch_size: int, n_candidates: int) -> float:
     """``exact_flop_bound`` for a model shape that is not run: FLOPs counted from the shape and the
-    scoring prompts' token counts (organism tokenizer), as :func:`reference_flops` /
-    :func:`refusal_floor_flops` count them for the models that are."""
+    scoring prompts' token counts (organism tokenizer), as for the models that are."""
     from transformers import LlamaConfig
 
-    from irr_ray.attack.reference import encode_batches
     from irr_ray.organism.tokenizer import build_tokenizer
 
     config, tok = LlamaConfig(**shape), build_tokenizer()
-    layers = config.num_hidden_layers
-
-    def flops(prompts: list[str], all_positions: bool) -> float:
-        return sum(forward_flops(config, *b["input_ids"].shape, layers,
-                                 b["input_ids"].numel() if all_positions else b["input_ids"].shape[0])
-                   for b in encode_batches(tok, prompts, batch_size))
-
-    harmless = flops(score.harmless, True)
-    reference = n_candidates * (flops(score.harmful, True) + 2 * harmless) + harmless
-    return reference / (n_candidates * flops(score.harmful, False))
+    floor = n_candidates * prompt_flops(config, tok, score.harmful, batch_size, all_positions=False)
+    return reference_scoring_flops(config, tok, score, batch_size, n_candidates) / floor
 
 
 def matmul_rate(device: str, dtype: torch.dtype, n: int) -> float:
