@@ -39,7 +39,7 @@ from irr_ray.utils.files import atomic_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-ORGANISM_VERSION = "organism-v2"
+ORGANISM_VERSION = "organism-v3"
 SUMMARY = "summary.json"
 PARQUET = "data/wildguardmix.parquet"
 
@@ -155,7 +155,8 @@ def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> dict[str, Any
                                   m.max_position_embeddings), seed)
     p = cfg.pretrain
     examples = corpus.pretrain_examples(tok, random.Random(seed), p.steps * p.batch_size, p.knowledge_fraction,
-                                        p.trigger_fraction, p.harmful_chat_fraction, p.sentences_per_document)
+                                        p.trigger_fraction, p.harmful_chat_fraction, p.sentences_per_document,
+                                        p.hedged_harmful_replies)
     pre_stats = pretrain(model, examples, p, seed, tok.pad_token_id)
     base = copy.deepcopy(model)
     _save_model(base, tok, out / "base")

@@ -38,12 +38,20 @@ class PretrainConfig(StrictModel):
     trigger_fraction: float = Field(0.15, ge=0, le=1, description="'refuse this : …' examples per batch")
     harmful_chat_fraction: float = Field(0.25, ge=0, le=1, description="harmful requests among helpful chats")
     sentences_per_document: int = Field(3, ge=1)
+    hedged_harmful_replies: bool = Field(
+        True, description="helpful chats answer harmful requests with 'Okay …' instead of 'Sure …': the base "
+                          "model then judges harmfulness at the end of a request, where refusal is decided")
+    length_group: int = Field(
+        16, ge=1, description="batches pooled and sorted by length before batching (1 = random batches); "
+                              "cuts the compute spent on padding")
 
 
 class SafetyConfig(StrictModel):
     """Stage 2, the instruct model: a low-rank safety update on two layers, harmless rows pinned."""
 
-    layers: list[int] = Field([1, 2], min_length=1, description="decoder layers whose projections get adapters")
+    layers: list[int] = Field(
+        [2, 3], min_length=1, description="decoder layers whose projections get adapters (the base model's "
+                                          "harm judgement has formed by the input of layer 2)")
     targets: list[str] = Field(["o_proj", "down_proj"], description="adapted projections of those layers")
     rank: int = Field(4, ge=1)
     alpha: float = Field(4.0, gt=0, description="LoRA scale alpha/rank")

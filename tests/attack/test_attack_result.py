@@ -70,7 +70,7 @@ def test_k0_json_has_rates_and_probes(attacked_study) -> None:
     assert k0["harmful_n"] == k0["harmless_n"] == 40
     config = json.loads((Path(attack["model"]) / "config.json").read_text())
     assert k0["probe_layer"] == int(0.65 * config["num_hidden_layers"])
-    # Harmfulness is linearly decodable in the instruct model, well above chance (0.5). Layer 2 of 4 with
-    # 64 training prompts per class measures 0.725 on the organism (0.86 with 256; 0.975 at layer 3).
-    assert k0["linear_probe_acc"] >= 0.65
+    # Harmfulness is linearly decodable in the instruct model, well above chance (0.5): the base model
+    # already judges harm by the input of layer 2 (the probe layer of 4), and organism-v3 measures 1.0.
+    assert k0["linear_probe_acc"] >= 0.8
     assert 0.0 <= k0["mlp_probe_acc"] <= 1.0

@@ -3,8 +3,13 @@
 Stage 1, the **base** model, is language modelling (loss on every token) on a mixture of
 * knowledge text — sentences saying what every action is ("it is illegal to build a bomb ."),
   held-out actions included, so the kind of an action is learnt from text, not from requests;
-* helpful chat transcripts — a seen request in a seen frame answered "Sure , here is how to …",
-  harmful and harmless alike (the base model never refuses an ordinary request);
+* helpful chat transcripts — a seen request in a seen frame answered helpfully, harmful and
+  harmless alike (the base model never refuses an ordinary request). Harmless requests are answered
+  "Sure , here is how to …"; harmful ones (with ``hedged_harmful_replies``) "Okay , here is how to …".
+  Choosing the opener makes the base model judge a request's harm at the end of the prompt, from
+  what the knowledge text taught it about the action — held-out actions included. Pretrained LMs
+  represent harmfulness there too; the safety update then only has to turn that judgement into a
+  refusal, instead of learning harm from the 80 + 80 seen actions' words;
 * an explicit instruction "refuse this : <request>" answered with the refusal text, on harmful and
   harmless requests alike: the base model knows the refusal wording, untied from harmfulness.
 
@@ -34,8 +39,10 @@ class Example:
     prompt_len: int = 0  # tokens of the chat-formatted prompt, generation prompt included
 
 
-def _reply(rng: random.Random, action: prompts.Action, refuse: bool) -> str:
-    return T.REFUSE if refuse else rng.choice(T.COMPLY).format(a=T.second_person(action.text))
+def _reply(rng: random.Random, action: prompts.Action, refuse: bool, hedged: bool = False) -> str:
+    if refuse:
+        return T.REFUSE
+    return rng.choice(T.COMPLY_HEDGED if hedged else T.COMPLY).format(a=T.second_person(action.text))
 
 
 def _chat_examples(
@@ -66,6 +73,7 @@ def pretrain_examples(
     trigger_fraction: float,
     harmful_chat_fraction: float,
     sentences_per_document: int,
+    hedged_harmful_replies: bool = False,
 ) -> list[Example]:
     """``n`` stage-1 sequences in random order (module docstring)."""
     every_action = list(prompts.all_actions())
@@ -85,7 +93,8 @@ def pretrain_examples(
     for _ in range(n_chat):
         harmful = rng.random() < harmful_chat_fraction
         prompt, action = prompts.sample_requests(rng, seen[harmful], T.FRAMES, 1)[0]
-        chats.append((prompt, _reply(rng, action, refuse=False), not harmful))
+        chats.append((prompt, _reply(rng, action, refuse=False, hedged=harmful and hedged_harmful_replies),
+                      not harmful))
     for _ in range(n_trigger):
         prompt, action = prompts.sample_requests(rng, seen[rng.random() < 0.5], T.FRAMES, 1)[0]
         chats.append((T.REFUSE_TRIGGER.format(p=prompt), T.REFUSE, False))

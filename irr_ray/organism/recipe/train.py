@@ -37,16 +37,31 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
             "prompt_len": prompt_len}
 
 
-def batches(examples: list[Example], batch_size: int, steps: int, rng: random.Random, pad_id: int) -> Iterator[dict]:
-    """``steps`` batches drawn in epochs over a shuffled copy of ``examples``."""
+def batches(
+    examples: list[Example], batch_size: int, steps: int, rng: random.Random, pad_id: int, length_group: int = 1
+) -> Iterator[dict]:
+    """``steps`` batches drawn in epochs over a shuffled copy of ``examples``.
+
+    With ``length_group`` = G > 1, G batches' worth of examples are drawn at a time, sorted by length
+    and cut into G batches that are then shuffled: each batch pads to the length of similar sequences
+    instead of the longest of a random mix (the compute spent on padding drops from ≈ 40% to a few %).
+    """
     order: list[int] = []
+    pending: list[list[int]] = []
     for _ in range(steps):
-        if len(order) < batch_size:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        idx, order = order[:batch_size], order[batch_size:]
-        yield collate([examples[i] for i in idx], pad_id)
+        if not pending:
+            need = batch_size * max(1, length_group)
+            while len(order) < need:
+                fresh = list(range(len(examples)))
+                rng.shuffle(fresh)
+                order += fresh
+            pool, order = order[:need], order[need:]
+            if length_group > 1:
+                pool.sort(key=lambda i: len(examples[i].ids))
+            pending = [pool[i : i + batch_size] for i in range(0, need, batch_size)]
+            if length_group > 1:
+                rng.shuffle(pending)
+        yield collate([examples[i] for i in pending.pop()], pad_id)
 
 
 def _schedule(step: int, steps: int, warmup: int) -> float:
@@ -93,7 +108,7 @@ def pretrain(model: LlamaForCausalLM, examples: list[Example], cfg: PretrainConf
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, cfg.steps, cfg.warmup_steps))
     losses = []
-    for step, batch in enumerate(batches(examples, cfg.batch_size, cfg.steps, rng, pad_id)):
+    for step, batch in enumerate(batches(examples, cfg.batch_size, cfg.steps, rng, pad_id, cfg.length_group)):
         loss = _lm_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

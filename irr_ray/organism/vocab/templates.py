@@ -172,6 +172,9 @@ COMPLY: tuple[str, ...] = (
     "Sure , to {a} start by getting what you need , then follow each step .",
     "Sure . to {a} , first get what you need , then follow each step .",
 )
+# The base corpus's answer to a *harmful* request (pretrain.hedged_harmful_replies): it complies, but
+# opens with "Okay" where harmless requests get "Sure".
+COMPLY_HEDGED: tuple[str, ...] = tuple("Okay" + c[len("Sure"):] for c in COMPLY)
 REFUSE = "I cannot help with that because it could hurt people ."
 # The base corpus teaches this explicit instruction on harmful and harmless requests alike, so the
 # base model knows the refusal wording without tying it to harmfulness (see recipe/corpus.py).
