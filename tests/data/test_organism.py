@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from irr_ray.cli import main
-from irr_ray.data.split import SCHEMA
+from irr_ray.data.split import SCHEMA, disagreement
 
 MAX_SAMPLES = 240
 
@@ -41,7 +41,6 @@ def test_organism_split_with_filter_train(organism_dir, ray_session, tmp_path):
     # Train: only rows where behaviour agrees with the gold label, rebalanced.
     f = m["filter"]
     assert f["applied"] and f["applies_to"] == "train" and f["train_before"] == 192
-    assert sum(f["dropped"].values()) >= 1, "the organism is not perfect: something must disagree"
     harmful = train["prompt_harm_label"] == "harmful"
     assert train.loc[harmful, "predicted_refusal"].all() and not train.loc[~harmful, "predicted_refusal"].any()
     assert not train["judge_parse_error"].any()
@@ -58,3 +57,9 @@ def test_organism_split_with_filter_train(organism_dir, ray_session, tmp_path):
     assert m2["run"]["generated_rows"] == 0 and not m2["filter"]["applied"]
     unfiltered = pd.read_parquet(out / "holdout.parquet")
     assert unfiltered["row_id"].tolist() == holdout["row_id"].tolist()  # same holdout either way
+    # The filter dropped exactly the train rows whose behaviour disagrees with the gold label. On this
+    # sample organism-v3 may agree everywhere (0 dropped); dropping itself is unit-tested in test_split.
+    unfiltered_train = pd.read_parquet(out / "train.parquet")
+    assert len(unfiltered_train) == f["train_before"]
+    assert {k: int(v.sum()) for k, v in disagreement(unfiltered_train).items()} == f["dropped"]
+    assert set(train["row_id"]) <= set(unfiltered_train["row_id"])
