@@ -44,7 +44,8 @@ def batches(
 
     With ``length_group`` = G > 1, G batches' worth of examples are drawn at a time, sorted by length
     and cut into G batches that are then shuffled: each batch pads to the length of similar sequences
-    instead of the longest of a random mix (the compute spent on padding drops from ≈ 40% to a few %).
+    instead of the longest of a random mix (on the organism corpus, padding drops from ≈ 27% of the
+    tokens to ≈ 3%).
     """
     order: list[int] = []
     pending: list[list[int]] = []
