@@ -2,11 +2,13 @@
 
 Every config class derives from :class:`StrictModel`, so an unknown key is an error that names the
 key and the file. ``load_config(Cls, path, ["train.lr=1e-4", ...])`` reads YAML, applies the
-overrides (values parsed as YAML scalars/lists), validates, and returns the typed object.
+overrides (values parsed as YAML scalars/lists), validates, and returns the typed object. Commands
+load a section of a study file with :func:`irr_ray.study_config.load_section`, built on these.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -57,6 +59,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None, source: s
             node = nxt
         node[parts[-1]] = value
     return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base`` (nested dicts merged, everything else replaced); new dict."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -14,8 +14,7 @@ is saved as ``<study>/config.yaml``; a resume with a different config is refused
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,15 +24,19 @@ import yaml
 
 from irr_ray.config import config_dict, stable_hash
 from irr_ray.errors import IrrRayError
+from irr_ray.runtime import ray_session
 from irr_ray.study import StudyPaths
 from irr_ray.study_config import StudyConfig, load_study, resolve_study
+from irr_ray.utils.files import write_text_atomic
+
+# Stages that run on Ray: the first of them starts (or joins) it, for all of them.
+RAY_STAGES = ("data", "sweep", "attack")
 
 
 @dataclass
 class StageTiming:
     name: str
     seconds: float
-    skipped: bool = False
     detail: str = ""
 
 
@@ -77,42 +80,7 @@ def _check_or_save_config(cfg: StudyConfig, paths: StudyPaths, resume: bool) -> 
             raise IrrRayError(f"--resume with a different config than {paths.config} (changed: {diff}); "
                               "use a new --study-dir for a changed study")
         return
-    paths.root.mkdir(parents=True, exist_ok=True)
-    tmp = paths.config.with_name(".config.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    os.replace(tmp, paths.config)
-
-
-def _init_ray(cfg: StudyConfig) -> bool:
-    """Connect to the cluster (``ray.address`` or RAY_ADDRESS, as under ``ray job submit``) or
-    start local Ray with the configured CPUs/GPUs. True if this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False)
-    return True
-
-
-# The module each stage runs; a checkout without it reports the stage as not yet available.
-STAGE_MODULES = {
-    "organism": "irr_ray.organism.build",
-    "data": "irr_ray.data.stage",
-    "sweep": "irr_ray.train.sweep",
-    "attack": "irr_ray.attack.taskgroup",
-    "report": "irr_ray.report.build",
-}
-
-
-def _available(stage: str) -> bool:
-    try:
-        return importlib.util.find_spec(STAGE_MODULES[stage]) is not None
-    except ModuleNotFoundError:
-        return False
+    write_text_atomic(paths.config, yaml.safe_dump(resolved, sort_keys=False))
 
 
 def _stage_organism(cfg: StudyConfig, paths: StudyPaths) -> str:
@@ -132,13 +100,10 @@ def _stage_data(cfg: StudyConfig, paths: StudyPaths) -> str:
 
 
 def _stage_sweep(cfg: StudyConfig, paths: StudyPaths) -> str:
-    from irr_ray.train.config import SweepStudy
     from irr_ray.train.sweep import run_sweep
 
-    study = SweepStudy(name=cfg.name, study_dir=str(paths.root), source_model=cfg.source_model,
-                       ray=cfg.ray, tracking=cfg.tracking, train=cfg.train, sweep=cfg.sweep)
     resume = (paths.sweep / cfg.name).exists()
-    outcome = run_sweep(study, study_dir=paths.root, resume=resume, data_dir=paths.data)
+    outcome = run_sweep(cfg, study_dir=paths.root, resume=resume, data_dir=paths.data)
     return f"{len(outcome.trials)} trials, checkpoints in {paths.checkpoints}"
 
 
@@ -198,27 +163,16 @@ def run_study(config_path: str | Path, study_dir: str | Path | None = None,
                        lambda: _stage_report(cfg, paths, result)))
 
     _say(f"irr-ray run: study {cfg.name!r} in {paths.root}" + (" (resume)" if resume else ""))
-    missing = [name for name, _, _ in stages if not _available(name)]
-    started_ray = False
-    ray_checked = False
-    try:
+    with contextlib.ExitStack() as stack:
+        on_ray = False
         for i, (name, what, fn) in enumerate(stages, 1):
-            if name in missing:
-                _say(f"[{i}/{len(stages)}] {name}: not yet available in this version of irr-ray (skipped)")
-                result.timings.append(StageTiming(name, 0.0, skipped=True, detail="not yet available"))
-                continue
             _say(f"[{i}/{len(stages)}] {name}: {what}")
-            if name in ("data", "sweep", "attack") and not started_ray and not ray_checked:
-                ray_checked = True
-                started_ray = _init_ray(cfg) or started_ray
+            if name in RAY_STAGES and not on_ray:
+                on_ray = True
+                stack.enter_context(ray_session(cfg.ray))  # shut down at the end if started here
             t0 = time.perf_counter()
             detail = fn()
             dt = time.perf_counter() - t0
             result.timings.append(StageTiming(name, dt, detail=detail))
             _say(f"[{i}/{len(stages)}] {name}: done in {dt:.1f} s — {detail}")
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     return result

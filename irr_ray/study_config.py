@@ -14,17 +14,21 @@ Top-level sections, each owned by a stage::
 Unknown keys anywhere are errors. ``resolve_study`` fills the organism defaults and makes every
 path absolute, and the result is saved as ``<study>/config.yaml`` — the file each stage command
 (``irr-ray sweep``, ``attack-all``, ``report``) reads when pointed at the study.
+
+:func:`load_section` is the one loader of every command: a study file's section (or a file of that
+section's keys), the command's flags and ``--set`` overrides → the section's typed config.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from irr_ray.attack.config import AttackConfig
-from irr_ray.config import StrictModel, apply_overrides, build_config, read_yaml
+from irr_ray.config import StrictModel, apply_overrides, build_config, config_dict, deep_merge, read_yaml
 from irr_ray.data.config import DataConfig
 from irr_ray.errors import ConfigError
 from irr_ray.train.config import RaySettings, SweepConfig, TrackingSettings, TrainConfig
@@ -55,10 +59,52 @@ class StudyConfig(StrictModel):
     stages: list[Stage] = Field(default_factory=lambda: list(ALL_STAGES), description="stages to run, in order")
 
 
-def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    data = read_yaml(path)
-    apply_overrides(data, overrides, f" (study file {path})")
-    return build_config(StudyConfig, data, str(path))
+T = TypeVar("T", bound=BaseModel)
+
+# A section inherits a study-level value it leaves unset: (section, its key) <- study key.
+INHERITED = {("train", "model"): "source_model", ("data", "source_model"): "source_model"}
+
+
+def load_section(path: str | Path | None, section: str | None, cls: type[T],
+                 flags: Mapping[str, Any] | None = None, overrides: Sequence[str] | None = None,
+                 layers: Sequence[Mapping[str, Any]] = ()) -> T:
+    """The typed config a command runs with. Precedence: ``cls`` defaults < the file < ``layers``
+    (partial dicts merged in order, e.g. a condition preset) < ``flags`` (None = flag not given)
+    < dotted ``overrides`` (``--set key=value``; a leading ``<section>.`` is optional).
+
+    ``path`` is a study file (validated whole as :class:`StudyConfig`, the one schema of a study
+    file; its ``section`` is used, with ``train.model`` / ``data.source_model`` defaulting to
+    ``source_model``) or a file of ``cls`` keys; None: defaults. ``section=None``: the file *is* a
+    ``cls`` (a whole study, an organism config).
+    """
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<command line>"
+    if section is not None and _is_study_file(data, section, cls):
+        study = build_config(StudyConfig, data, source)
+        data = config_dict(getattr(study, section))
+        for (sec, key), study_key in INHERITED.items():
+            if sec == section and data.get(key) is None and getattr(study, study_key) is not None:
+                data[key] = getattr(study, study_key)
+        source = f"{source} [{section}]"
+    for layer in layers:
+        data = deep_merge(data, dict(layer))
+    data.update({k: v for k, v in (flags or {}).items() if v is not None})
+    prefix = f"{section}." if section else None
+    apply_overrides(data, [o[len(prefix):] if prefix and o.startswith(prefix) else o for o in overrides or []],
+                    f" ({source})")
+    return build_config(cls, data, source)
+
+
+def _is_study_file(data: dict[str, Any], section: str, cls: type[BaseModel]) -> bool:
+    """A study file has the section as a mapping, or a top-level key only a study has."""
+    if isinstance(data.get(section), dict):
+        return True
+    return bool(set(data) & (set(StudyConfig.model_fields) - set(cls.model_fields)))
+
+
+def load_study(path: str | Path, overrides: Sequence[str] | None = None) -> StudyConfig:
+    """A study file with ``--set`` overrides (``sweep.num_samples=4``)."""
+    return load_section(path, None, StudyConfig, overrides=overrides)
 
 
 def _abs(value: str | None, base: Path) -> str | None:

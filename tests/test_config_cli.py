@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from irr_ray.attack.config import AttackConfig
 from irr_ray.config import StrictModel, apply_overrides, load_config, stable_hash
+from irr_ray.data.config import DataConfig
 from irr_ray.errors import ConfigError
-from irr_ray.study_config import StudyConfig, load_study, resolve_study
+from irr_ray.study_config import load_section, load_study, resolve_study
+from irr_ray.train.config import TrainConfig
+from irr_ray.train.presets import preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,18 +58,36 @@ def test_stable_hash_is_order_independent() -> None:
 
 
 def test_shipped_study_files_validate_and_resolve(tmp_path: Path) -> None:
-    for name in ("organism.yaml", "paper.yaml"):
-        path = REPO / "experiments" / name
-        if not path.exists():
-            continue
-        cfg = load_study(path)
-        assert isinstance(cfg, StudyConfig)
+    shipped = sorted(p.name for p in (REPO / "experiments").glob("*.yaml"))
+    assert shipped == ["organism.yaml", "paper.yaml", "sentiment.yaml"]  # no copies of a study's sections
+    paper = load_study(REPO / "experiments" / "paper.yaml")
+    assert (paper.source_model, paper.sweep.num_samples, paper.attack.k_max) == \
+        ("meta-llama/Llama-3.2-1B-Instruct", 16, 16)
     cfg, root = resolve_study(load_study(REPO / "experiments" / "organism.yaml"), tmp_path / "study")
     assert root == (tmp_path / "study").resolve()
     assert cfg.source_model == str(root / "organism" / "instruct")
     assert cfg.train.model == cfg.source_model and cfg.data.source_model == cfg.source_model
     with pytest.raises(ConfigError, match="sweep.nm_samples"):
         load_study(REPO / "experiments" / "organism.yaml", ["sweep.nm_samples=3"])
+
+
+def test_load_section_precedence(tmp_path: Path) -> None:
+    """One loader for every command: defaults < study file section < layers < flags < --set."""
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\nsource_model: /m\ntrain: {lr: 0.5}\nattack: {k_max: 9, kl_threshold: 0.3}\n")
+    attack = load_section(study, "attack", AttackConfig, {"k_max": 5, "implementation": None}, ["attack.eval_n=7"])
+    assert (attack.k_max, attack.kl_threshold, attack.eval_n) == (5, 0.3, 7)
+    assert load_section(study, "attack", AttackConfig, {"k_max": None}, ["k_max=2"]).k_max == 2
+    train = load_section(study, "train", TrainConfig, {"model": None}, ["lambda_cov=3"], layers=[preset("cov")])
+    assert (train.model, train.lr, train.match, train.lambda_cov) == ("/m", 0.5, "cov", 3.0)
+    assert load_section(study, "train", TrainConfig, {"model": "/x"}).model == "/x"
+    section_file = tmp_path / "attack.yaml"  # a file of the section's own keys
+    section_file.write_text("k_max: 3\n")
+    assert load_section(section_file, "attack", AttackConfig).k_max == 3
+    assert load_section(None, "data", DataConfig, {"seed": 5}).seed == 5
+    study.write_text("name: s\nattack: {k_max: 9}\ndata: {bogus: 1}\n")  # the whole study file is validated
+    with pytest.raises(ConfigError, match="data.bogus"):
+        load_section(study, "attack", AttackConfig)
 
 
 def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:

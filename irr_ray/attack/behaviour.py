@@ -1,8 +1,18 @@
-"""Behavioural evaluation: greedy replies to held-out prompts, judged → refusal rates with intervals.
+"""Behavioural evaluation: greedy replies to held-out prompts → refused / complied / degenerate.
 
 Used at K = 0 (the model as it is) and after every step of the attack (the K chosen directions
-ablated at three sites of every layer, through the hf backend's ``intervention`` hook). A rate is
-k refused out of n prompts; its 95% interval is Wilson's (:func:`irr_ray.core.stats.wilson_interval`).
+ablated at three sites of every layer, through the hf backend's ``intervention`` hook). Per class
+(harmful, harmless) one evaluation gives, as one K-curve row (:class:`irr_ray.contracts.CurveRow`):
+
+* the judged outcome of every reply (:mod:`irr_ray.core.outcomes`): refused (the judge), degenerate
+  (form; an opening the unattacked reference model never uses; or NLL under the reference above
+  the K=0-calibrated bound) or complied;
+  refusal rates with 95% Wilson intervals (:func:`irr_ray.core.stats.wilson_interval`);
+* ``p_refusal``: the mean first-token refusal probability Σ_{t∈R} softmax(z)_t at the last prompt
+  position under the same ablation (the decision itself, without generation);
+* ``reply_nll``: the mean of the per-reply NLLs ν (tokens 2 … n, under the reference model);
+* ``kl_harmless``: mean first-token KL(unattacked ‖ ablated) on the harmless prompts.
+
 Judge parse errors (WildGuard) count as not refused, as in the data stage, and are reported.
 """
 
@@ -17,50 +27,136 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from irr_ray.attack.config import EvalGenerationConfig
 from irr_ray.attack.prompts import PromptPair
-from irr_ray.core.hooks import ablate_directions
+from irr_ray.core.hooks import ablate_directions, left_pad_position_ids
+from irr_ray.core.outcomes import (
+    COMPLIED,
+    DEGENERATE,
+    OUTCOME_NAMES,
+    REFUSED,
+    DegenerateRules,
+    classify,
+    form_is_degenerate,
+    implausible_opening,
+    nll_bound,
+)
 from irr_ray.core.stats import wilson_interval
 from irr_ray.generation.hf import generate_greedy
 from irr_ray.judges.base import Judge
+from irr_ray.models.chat import format_chat, tokenize_chat
 
-N_EXAMPLES = 3  # replies per class kept for inspection (examples.json)
+N_EXAMPLES = 3  # replies per class kept for inspection (attack_log.json)
 
 
 @dataclass(frozen=True)
-class RefusalRates:
-    """Judged refusals of harmful and harmless prompts."""
+class ClassOutcome:
+    """Outcomes of one class's replies at one K."""
 
-    harmful_refused: int
-    harmful_n: int
-    harmless_refused: int
-    harmless_n: int
+    n: int
+    refused: int
+    complied: int
+    degenerate: int
+    p_refusal: float
+    reply_nll: float
+
+    def share(self, count: int) -> float:
+        return count / self.n if self.n else float("nan")
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """One behavioural evaluation (a K-curve row without the direction)."""
+
+    harmful: ClassOutcome
+    harmless: ClassOutcome
+    kl_harmless: float
     parse_errors: int = 0
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict, compare=False)
+    nll: torch.Tensor | None = field(default=None, compare=False, repr=False)  # per reply, harmful first
 
     @property
-    def harmful(self) -> float:
-        return self.harmful_refused / self.harmful_n if self.harmful_n else float("nan")
+    def refusal_harmful(self) -> float:
+        return self.harmful.share(self.harmful.refused)
 
     @property
-    def harmless(self) -> float:
-        return self.harmless_refused / self.harmless_n if self.harmless_n else float("nan")
+    def refusal_harmless(self) -> float:
+        return self.harmless.share(self.harmless.refused)
 
     def row(self) -> dict[str, Any]:
-        """The behavioural keys of a K-curve row (design.md, "Attack result")."""
-        return {
-            "refusal_harmful": self.harmful,
-            "refusal_harmless": self.harmless,
-            "refusal_harmful_ci": list(wilson_interval(self.harmful_refused, self.harmful_n)),
-            "refusal_harmless_ci": list(wilson_interval(self.harmless_refused, self.harmless_n)),
-        }
+        """The behavioural fields of a :class:`~irr_ray.contracts.CurveRow`."""
+        out: dict[str, Any] = {}
+        for cls, o in (("harmful", self.harmful), ("harmless", self.harmless)):
+            out[f"refusal_{cls}"] = o.share(o.refused)
+            out[f"refusal_{cls}_ci"] = list(wilson_interval(o.refused, o.n))
+            out[f"complied_{cls}"] = o.share(o.complied)
+            out[f"degenerate_{cls}"] = o.share(o.degenerate)
+            out[f"p_refusal_{cls}"] = o.p_refusal
+            out[f"reply_nll_{cls}"] = o.reply_nll
+        out["kl_harmless"] = self.kl_harmless
+        return out
 
     def counts(self) -> dict[str, int]:
-        return {"harmful_refused": self.harmful_refused, "harmful_n": self.harmful_n,
-                "harmless_refused": self.harmless_refused, "harmless_n": self.harmless_n,
+        return {"harmful_refused": self.harmful.refused, "harmful_n": self.harmful.n,
+                "harmless_refused": self.harmless.refused, "harmless_n": self.harmless.n,
                 "judge_parse_errors": self.parse_errors}
 
 
+@torch.no_grad()
+def last_position_logprobs(model: PreTrainedModel, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """log softmax of the next-token logits at the last prompt position, [N, V] float64 on CPU."""
+    out = []
+    for b in batches:
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       position_ids=left_pad_position_ids(b["attention_mask"]), use_cache=False,
+                       logits_to_keep=1).logits[:, -1, :]
+        out.append(torch.log_softmax(logits.double(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reply_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+              replies: Sequence[str], batch_size: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """ν per reply: mean NLL of reply tokens 2 … n given the chat prompt and the earlier reply tokens
+    ([N] float64, NaN for replies of ≤ 1 token), and the replies' token ids. Left-padded batches;
+    only the last ``max reply length`` positions' logits are kept."""
+    device = next(model.parameters()).device
+    chat = format_chat(tokenizer, prompts)
+    prompt_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(list(replies), add_special_tokens=False)["input_ids"] if replies else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = torch.full((len(prompts),), float("nan"), dtype=torch.float64)
+    for lo in range(0, len(prompts), batch_size):
+        rows = range(lo, min(lo + batch_size, len(prompts)))
+        seqs = [prompt_ids[i] + reply_ids[i] for i in rows]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, s in enumerate(seqs):  # left padding: fills one row of a tensor per reply
+            ids[j, width - len(s):] = torch.tensor(s)
+            mask[j, width - len(s):] = 1
+        r = max(len(reply_ids[i]) for i in rows)
+        if r < 2:
+            continue
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask),
+                       use_cache=False, logits_to_keep=r).logits.double()  # predicts the last r tokens
+        # logits[:, t] predicts token width − r + t + 1: the targets are the last r − 1 tokens
+        targets = ids[:, width - r + 1:]
+        logp = logits[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits[:, :-1].logsumexp(-1)
+        lengths = torch.tensor([len(reply_ids[i]) for i in rows], device=device)
+        offset = torch.arange(r - 1, device=device).unsqueeze(0)  # target t is reply token (t + 1 − (r − len))
+        reply_pos = offset + 1 - (r - lengths.unsqueeze(1))  # 0-based index in the reply
+        keep = reply_pos >= 1  # tokens 2 … n of each reply
+        n_kept = keep.sum(1)
+        mean = torch.where(n_kept > 0, -(logp * keep).sum(1) / n_kept.clamp_min(1), torch.nan)
+        out[lo:lo + len(seqs)] = mean.cpu()
+    return out, [list(x) for x in reply_ids]
+
+
 class BehaviourEvaluator:
-    """Generate greedily for a fixed prompt pair and judge the replies; one model, many ablations."""
+    """Generate greedily for a fixed prompt pair, judge and classify the replies; one model, many
+    ablations. ``reference``: the unattacked model that scores reply NLLs (the source model of a
+    checkpoint; default: this model without hooks); ``bound``: its calibrated NLL bound (default:
+    calibrated on this evaluator's own K=0 replies, see :mod:`irr_ray.core.outcomes`)."""
 
     def __init__(
         self,
@@ -69,7 +165,11 @@ class BehaviourEvaluator:
         judge: Judge,
         prompts: PromptPair,
         generation: EvalGenerationConfig,
+        refusal_ids: Sequence[int],
         k0_generate: Any | None = None,
+        reference: PreTrainedModel | None = None,
+        bound: float | None = None,
+        rules: DegenerateRules = DegenerateRules(),
     ) -> None:
         """``k0_generate``: optional ``prompts -> replies`` callable used when no direction is
         ablated (the vLLM backend at K = 0); ablated evaluations always use hf ``generate``."""
@@ -78,33 +178,96 @@ class BehaviourEvaluator:
         self.judge = judge
         self.prompts = prompts
         self.generation = generation
+        self.refusal_ids = torch.as_tensor(list(refusal_ids), dtype=torch.long)
         self.k0_generate = k0_generate
+        self.reference = reference if reference is not None else model
+        self.bound = bound
+        self.rules = rules
+        device = next(model.parameters()).device
+        self._all = [*prompts.harmful, *prompts.harmless]
+        bs = generation.batch_size
+        self._batches = [tokenize_chat(tokenizer, self._all[i:i + bs], device=device)
+                         for i in range(0, len(self._all), bs)]
+        self._unattacked: torch.Tensor | None = None
+        self._openers: torch.Tensor | None = None
 
     def _generate(self, prompts: Sequence[str], directions: torch.Tensor | None) -> list[str]:
         if (directions is None or directions.shape[0] == 0) and self.k0_generate is not None:
             return list(self.k0_generate(list(prompts)))
-        intervention = None
-        if directions is not None and directions.shape[0] > 0:
-            d = directions.to(next(self.model.parameters()).device)
-            intervention = lambda: ablate_directions(self.model, d)  # noqa: E731
         return generate_greedy(self.model, self.tokenizer, list(prompts),
                                max_new_tokens=self.generation.max_new_tokens,
-                               batch_size=self.generation.batch_size, intervention=intervention)
+                               batch_size=self.generation.batch_size, intervention=self._intervention(directions))
 
-    def run(self, directions: torch.Tensor | None = None) -> RefusalRates:
-        """Refusal rates with ``directions`` [K, D] (orthonormal rows) ablated; None = the plain model."""
-        prompts = [*self.prompts.harmful, *self.prompts.harmless]
+    def _intervention(self, directions: torch.Tensor | None) -> Any:
+        if directions is None or directions.shape[0] == 0:
+            return None
+        d = directions.to(next(self.model.parameters()).device)
+        return lambda: ablate_directions(self.model, d)
+
+    def _opener_prob(self) -> torch.Tensor:
+        """[V] max over the evaluation prompts of the unattacked reference model's first-token probability."""
+        if self._openers is None:
+            if self.reference is self.model:
+                if self._unattacked is None:
+                    self._unattacked = last_position_logprobs(self.model, self._batches)
+                logp = self._unattacked
+            else:
+                logp = last_position_logprobs(self.reference, self._batches)
+            self._openers = logp.exp().max(0).values
+        return self._openers
+
+    def _first_token(self, directions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p_refusal [N], KL(unattacked ‖ this) [N]) at the last prompt position."""
+        if self._unattacked is None:
+            self._unattacked = last_position_logprobs(self.model, self._batches)
+        make = self._intervention(directions)
+        if make is None:
+            logp = self._unattacked
+        else:
+            with make():
+                logp = last_position_logprobs(self.model, self._batches)
+        p_refusal = logp[:, self.refusal_ids].exp().sum(-1)
+        kl = (self._unattacked.exp() * (self._unattacked - logp)).sum(-1)
+        return p_refusal, kl
+
+    def outcomes(self, prompts: Sequence[str], replies: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(outcome code per reply, ν per reply, judge parse errors): judge, then the degenerate rule
+        (:mod:`irr_ray.core.outcomes`). The first call calibrates the NLL bound on these replies
+        (the K=0 ones) when none was given."""
+        verdicts = self.judge.judge(list(prompts), list(replies))
+        refused = torch.tensor([bool(v.predicted_refusal) for v in verdicts], dtype=torch.bool)
+        nll, reply_ids = reply_nll(self.reference, self.tokenizer, prompts, replies, self.generation.batch_size)
+        first = torch.tensor([ids[0] if ids else -1 for ids in reply_ids], dtype=torch.long)
+        form = form_is_degenerate(reply_ids, self.rules) | implausible_opening(first, self._opener_prob(), self.rules)
+        if self.bound is None:
+            answers = ~form & ~refused
+            self.bound = nll_bound(nll[answers] if bool(answers.any()) else nll[~form], self.rules)
+        return classify(refused, form, nll, self.bound), nll, sum(bool(v.judge_parse_error) for v in verdicts)
+
+    def run(self, directions: torch.Tensor | None = None) -> Behaviour:
+        """Outcomes with ``directions`` [K, D] (orthonormal rows) ablated; None = the plain model.
+        The first call without directions calibrates the NLL bound when none was given."""
+        prompts = self._all
         replies = self._generate(prompts, directions)
-        verdicts = self.judge.judge(prompts, replies)
-        refused = [bool(v.predicted_refusal) for v in verdicts]
+        if self.bound is None and directions is not None and directions.shape[0] > 0:
+            raise RuntimeError("BehaviourEvaluator: calibrate the NLL bound at K=0 before ablating")
+        outcome, nll, parse_errors = self.outcomes(prompts, replies)
+        p_refusal, kl = self._first_token(directions)
         nh = len(self.prompts.harmful)
+
+        def per_class(lo: int, hi: int) -> ClassOutcome:
+            o, v = outcome[lo:hi], nll[lo:hi]
+            finite = v[torch.isfinite(v)]
+            return ClassOutcome(n=hi - lo, refused=int((o == REFUSED).sum()), complied=int((o == COMPLIED).sum()),
+                                degenerate=int((o == DEGENERATE).sum()), p_refusal=float(p_refusal[lo:hi].mean()),
+                                reply_nll=float(finite.mean()) if finite.numel() else float("nan"))
+
         examples = {
-            cls: [{"prompt": p, "response": r, "refused": f}
-                  for p, r, f in list(zip(prompts[lo:hi], replies[lo:hi], refused[lo:hi]))[:N_EXAMPLES]]
+            cls: [{"prompt": prompts[i], "response": replies[i], "outcome": OUTCOME_NAMES[int(outcome[i])],
+                   "nll": None if not torch.isfinite(nll[i]) else round(float(nll[i]), 3)}
+                  for i in range(lo, min(hi, lo + N_EXAMPLES))]
             for cls, lo, hi in (("harmful", 0, nh), ("harmless", nh, len(prompts)))
         }
-        return RefusalRates(
-            harmful_refused=sum(refused[:nh]), harmful_n=nh,
-            harmless_refused=sum(refused[nh:]), harmless_n=len(prompts) - nh,
-            parse_errors=sum(bool(v.judge_parse_error) for v in verdicts), examples=examples,
-        )
+        return Behaviour(harmful=per_class(0, nh), harmless=per_class(nh, len(prompts)),
+                         kl_harmless=float(kl[nh:].mean()), parse_errors=parse_errors,
+                         examples=examples, nll=nll)

@@ -8,8 +8,9 @@
   ``int(0.65 · L)`` (seed text: where refusal information plateaus in Llama), fitted on training
   prompts and scored on the held-out ones (:mod:`irr_ray.core.probes`).
 
-Writes ``k0.json``: ``refusal_harmful``, ``refusal_harmless`` and their ``_ci``, the counts,
-``linear_probe_acc``, ``mlp_probe_acc``, ``probe_layer``, the judge and a few example replies.
+Writes ``k0.json`` (:class:`irr_ray.contracts.K0Doc`): the K=0 curve row (refused / complied /
+degenerate per class with intervals, first-token refusal probability, reply NLL), the counts, the
+calibrated NLL bound of the degenerate rule, the probe accuracies, the judge and example replies.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from irr_ray.attack.behaviour import BehaviourEvaluator, RefusalRates
+from irr_ray.attack.behaviour import Behaviour, BehaviourEvaluator
 from irr_ray.attack.config import AttackConfig
+from irr_ray.attack.iterated import refusal_token_ids
 from irr_ray.attack.prompts import PromptPair, PromptSets
+from irr_ray.contracts import CurveRow, K0Doc
 from irr_ray.core.hooks import ResidualCapture
+from irr_ray.core.outcomes import DegenerateRules
 from irr_ray.core.probes import linear_probe_accuracy, mlp_probe_accuracy
 from irr_ray.judges.base import judge_spec, make_judge
 from irr_ray.models.chat import tokenize_chat
@@ -32,11 +36,14 @@ from irr_ray.models.families import get_layout
 
 
 def make_evaluator(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str,
-                   prompts: PromptPair, cfg: AttackConfig,
-                   judge_model: str | None = None) -> tuple[BehaviourEvaluator, dict[str, Any]]:
+                   prompts: PromptPair, cfg: AttackConfig, judge_model: str | None = None,
+                   reference: PreTrainedModel | None = None,
+                   nll_bound: float | None = None) -> tuple[BehaviourEvaluator, dict[str, Any]]:
     """The behaviour evaluator of ``model`` and the judge's spec. ``judge_model``: whose declared
     refusal phrases the substring judge adds (``extra_phrases: auto``) — pass the study's source
-    model so every model of a study is judged alike; default: ``model_path`` itself."""
+    model so every model of a study is judged alike; default: ``model_path`` itself.
+    ``reference`` / ``nll_bound``: the unattacked source model that scores reply NLLs and its
+    calibrated bound (default: ``model`` itself, calibrated on its own K=0 replies)."""
     spec = judge_spec(cfg.judge, judge_model or model_path)
     k0_generate = None
     if cfg.generation.backend == "vllm":
@@ -47,7 +54,10 @@ def make_evaluator(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, m
                                gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len,
                                enforce_eager=v.enforce_eager, seed=cfg.seed)
         k0_generate = VLLMGenerator(engine, cfg.generation.max_new_tokens).generate
-    evaluator = BehaviourEvaluator(model, tokenizer, make_judge(spec), prompts, cfg.generation, k0_generate)
+    _, refusal_ids = refusal_token_ids(model, tokenizer, cfg.refusal_tokens)
+    evaluator = BehaviourEvaluator(model, tokenizer, make_judge(spec), prompts, cfg.generation, refusal_ids,
+                                   k0_generate=k0_generate, reference=reference, bound=nll_bound,
+                                   rules=DegenerateRules(**cfg.degenerate.model_dump()))
     return evaluator, spec
 
 
@@ -84,10 +94,10 @@ def probe_accuracies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def evaluate_k0(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_name: str, prompts: PromptSets,
                 cfg: AttackConfig, evaluator: BehaviourEvaluator,
-                judge: dict[str, Any]) -> tuple[RefusalRates, dict[str, Any]]:
-    """Behaviour + probes at K = 0 → (rates, the ``k0.json`` document)."""
+                judge: dict[str, Any]) -> tuple[Behaviour, K0Doc]:
+    """Behaviour + probes at K = 0 → (the behaviour, the ``k0.json`` document)."""
     rates = evaluator.run(None)
     probes = probe_accuracies(model, tokenizer, prompts.probe, prompts.eval, cfg)
-    doc = {"model": model_name, **rates.row(), **rates.counts(), **probes, "judge": judge,
-           "examples": rates.examples}
+    doc = K0Doc(model=model_name, row=CurveRow(K=0, **rates.row()), **rates.counts(), nll_bound=evaluator.bound,
+                **probes, judge=judge, examples=rates.examples)
     return rates, doc

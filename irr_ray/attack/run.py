@@ -1,9 +1,13 @@
 """One model, end to end: load, K = 0 evaluation, the iterated attack, results written atomically.
 
 ``<out>/`` (the result; written at once when everything is done, so its presence means finished):
-``attack.json`` (design.md contract), ``directions.safetensors`` ([K, D] unit rows), ``k0.json``
-(K = 0 behaviour + probes), ``attack_log.json`` (stop reason, refusal tokens, prompt-set sizes,
-timings, example replies per K). ``<out>/../.<name>.progress/`` holds per-K progress while the
+``attack.json`` (:class:`irr_ray.contracts.AttackDoc`: K-curve, attack_rank, verdict),
+``directions.safetensors`` ([K, D] unit rows), ``k0.json`` (:class:`irr_ray.contracts.K0Doc`),
+``attack_log.json`` (stop reason, refusal tokens, source model, NLL bound, prompt-set sizes,
+timings, example replies per K with their outcomes). With a source model (the model a checkpoint
+was trained from) the verdict is measured against the source's K=0 harmless refusal and reply
+coherence is scored by the source model with the source's calibrated bound; its K=0 evaluation is
+cached in the progress directory. ``<out>/../.<name>.progress/`` holds per-K progress while the
 attack runs; a rerun resumes from it, and a rerun after success does nothing.
 """
 
@@ -13,17 +17,18 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from irr_ray.attack.behaviour import RefusalRates
 from irr_ray.attack.config import AttackConfig
 from irr_ray.attack.evaluate import evaluate_k0, make_evaluator
 from irr_ray.attack.iterated import progress_key, run_iterated_attack
 from irr_ray.attack.prompts import load_prompt_sets
 from irr_ray.config import config_dict, stable_hash
+from irr_ray.contracts import AttackDoc, K0Doc
 from irr_ray.core.directions import save_directions
 from irr_ray.models.loading import load_model, load_tokenizer
 from irr_ray.utils.files import atomic_dir, write_json_atomic
@@ -52,62 +57,123 @@ def _load(model_path: str, cfg: AttackConfig) -> tuple[Any, Any]:
     torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.resources.cpu)))
     model = load_model(model_path, device=resolve_device(cfg), dtype=cfg.dtype)
     model.requires_grad_(False)
+    # Fail before any generation: an unsupported family raises here (one line naming the model
+    # type and the module paths looked for), and one matched only by structure is verified on the
+    # loaded weights (irr_ray.core.hooks.check_write_sites) instead of after the K = 0 pass.
+    from irr_ray.models.families import get_layout  # local: this edit stays inside _load
+
+    get_layout(model)
     return model, load_tokenizer(model_path)
 
 
-def evaluate_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_dir: str | Path,
-                   judge_model: str | None = None) -> dict[str, Any]:
-    """``irr-ray eval``: K = 0 behaviour + probes → ``<out_dir>/k0.json`` (returned)."""
+@dataclass(frozen=True)
+class SourceBaseline:
+    """The source model a checkpoint was trained from, as the verdict and the degenerate rule need
+    it: its path (the reference that scores reply NLLs), its K=0 harmless refusal and NLL bound."""
+
+    path: str
+    refusal_harmless: float
+    nll_bound: float
+
+    @classmethod
+    def from_k0(cls, path: str, doc: K0Doc) -> SourceBaseline:
+        return cls(path, doc.row.refusal_harmless, doc.nll_bound)
+
+
+def _same_model(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.resolve() == pb.resolve() if pa.exists() and pb.exists() else a == b
+
+
+def evaluate_k0_doc(model_path: str, data_dir: str | Path, cfg: AttackConfig, judge_model: str | None = None,
+                    source: SourceBaseline | None = None) -> K0Doc:
+    """K = 0 behaviour + probes of one model (its replies' NLLs scored by ``source``'s model when given)."""
     prompts = load_prompt_sets(data_dir, cfg)
     model, tokenizer = _load(model_path, cfg)
-    evaluator, judge = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg, judge_model)
+    reference, bound = _reference(model_path, cfg, source)
+    evaluator, judge = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg, judge_model, reference, bound)
     _, doc = evaluate_k0(model, tokenizer, model_path, prompts, cfg, evaluator, judge)
-    write_json_atomic(Path(out_dir) / K0_JSON, {**doc, "config": config_dict(cfg)})
+    doc.config = config_dict(cfg)
     return doc
 
 
-def _rates_from_k0(doc: dict[str, Any]) -> RefusalRates:
-    return RefusalRates(doc["harmful_refused"], doc["harmful_n"], doc["harmless_refused"], doc["harmless_n"],
-                        doc.get("judge_parse_errors", 0), doc.get("examples", {}))
+def evaluate_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_dir: str | Path,
+                   judge_model: str | None = None, source: SourceBaseline | None = None) -> dict[str, Any]:
+    """``irr-ray eval``: K = 0 behaviour + probes → ``<out_dir>/k0.json`` (returned)."""
+    doc = evaluate_k0_doc(model_path, data_dir, cfg, judge_model, source)
+    doc.write(Path(out_dir) / K0_JSON)
+    return doc.to_json()
+
+
+def _reference(model_path: str, cfg: AttackConfig, source: SourceBaseline | None) -> tuple[Any, float | None]:
+    """(reference model, NLL bound) for reply NLLs: the source's, or (None, None) = the model itself."""
+    if source is None or _same_model(source.path, model_path):
+        return None, None
+    reference, _ = _load(source.path, cfg)
+    return reference, source.nll_bound
+
+
+def source_baseline(source_model: str, data_dir: str | Path, cfg: AttackConfig, work: Path,
+                    judge_model: str | None = None) -> SourceBaseline:
+    """The source model's K=0 evaluation (cached in ``work/source_k0.json`` by model and config)."""
+    path = work / "source_k0.json"
+    key = progress_key(model_fingerprint(source_model), cfg)
+    if path.is_file():
+        doc = K0Doc.read(path)
+        if doc.progress_key == key:
+            return SourceBaseline.from_k0(source_model, doc)
+    doc = evaluate_k0_doc(source_model, data_dir, cfg, judge_model)
+    doc.progress_key = key
+    doc.write(path)
+    return SourceBaseline.from_k0(source_model, doc)
 
 
 def attack_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_dir: str | Path,
-                 judge_model: str | None = None, force: bool = False) -> dict[str, Any]:
-    """K = 0 evaluation then the attack; returns ``attack.json``'s content (read back when ``out_dir``
-    already holds a finished result and ``force`` is off)."""
+                 judge_model: str | None = None, force: bool = False, source_model: str | None = None,
+                 source: SourceBaseline | None = None) -> AttackDoc:
+    """K = 0 evaluation then the attack; returns ``attack.json``'s document (read back when
+    ``out_dir`` already holds a finished result and ``force`` is off). The verdict is measured
+    against ``source`` (or ``source_model``, evaluated here first; default: the model itself)."""
     out = Path(out_dir).resolve()
     if (out / ATTACK_JSON).is_file() and not force:
         log.info("%s exists: attack already finished", out / ATTACK_JSON)
-        return json.loads((out / ATTACK_JSON).read_text())
+        return AttackDoc.read(out / ATTACK_JSON)
     work = out.parent / f".{out.name}.progress"
     t0 = time.perf_counter()
     prompts = load_prompt_sets(data_dir, cfg)
-    model, tokenizer = _load(model_path, cfg)
-    evaluator, judge = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg, judge_model)
+    model, tokenizer = _load(model_path, cfg)  # an unsupported model is refused here, before any work
+    if source is None and source_model and not _same_model(source_model, model_path):
+        source = source_baseline(source_model, data_dir, cfg, work, judge_model)
     key = model_fingerprint(model_path)
 
     k0_path = work / K0_JSON
-    k0_doc = json.loads(k0_path.read_text()) if k0_path.is_file() else None
-    if k0_doc is None or k0_doc.get("progress_key") != progress_key(key, cfg):
+    k0_doc = K0Doc.read(k0_path) if k0_path.is_file() else None
+    if k0_doc is not None and k0_doc.progress_key != progress_key(key, cfg):
+        k0_doc = None
+    reference, bound = _reference(model_path, cfg, source)
+    evaluator, judge = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg, judge_model, reference,
+                                      bound if k0_doc is None else k0_doc.nll_bound)
+    if k0_doc is None:
         _, k0_doc = evaluate_k0(model, tokenizer, model_path, prompts, cfg, evaluator, judge)
-        k0_doc.update(progress_key=progress_key(key, cfg), config=config_dict(cfg))
-        write_json_atomic(k0_path, k0_doc)
+        k0_doc.progress_key, k0_doc.config = progress_key(key, cfg), config_dict(cfg)
+        k0_doc.write(k0_path)
 
     result = run_iterated_attack(model, tokenizer, prompts, cfg, evaluator, work_dir=work,
-                                 k0=_rates_from_k0(k0_doc), model_key=key)
+                                 k0=k0_doc.row.model_dump(exclude_none=True), model_key=key,
+                                 source_refusal_harmless=None if source is None else source.refusal_harmless)
     local = Path(model_path).expanduser()
-    doc = result.to_json(str(local.resolve()) if local.exists() else model_path, cfg)
+    doc = result.document(str(local.resolve()) if local.exists() else model_path, cfg)
     log_doc = {"model": model_path, "stop_reason": result.stop_reason, "refusal_tokens": result.refusal_tokens,
                "implementation": cfg.implementation, "device": resolve_device(cfg), "judge": judge,
-               "prompt_sets": prompts.sizes(), "timings": result.timings, "wall_s": time.perf_counter() - t0,
-               "examples": result.examples}
+               "source_model": None if source is None else source.path,
+               "nll_bound": k0_doc.nll_bound, "prompt_sets": prompts.sizes(), "timings": result.timings,
+               "wall_s": time.perf_counter() - t0, "examples": {"0": k0_doc.examples, **result.examples}}
     with atomic_dir(out) as tmp:
-        write_json_atomic(tmp / ATTACK_JSON, doc)
+        doc.write(tmp / ATTACK_JSON)
         save_directions(tmp / DIRECTIONS, result.directions.float(),
-                        {"model": model_path, "layers": json.dumps([r["layer"] for r in doc["curve"][1:]]),
-                         "positions": json.dumps([r["position"] for r in doc["curve"][1:]])})
-        write_json_atomic(tmp / K0_JSON, {**{k: v for k, v in k0_doc.items() if k != "progress_key"},
-                                           "config": config_dict(cfg)})
+                        {"model": model_path, "layers": json.dumps([r.layer for r in doc.curve[1:]]),
+                         "positions": json.dumps([r.position for r in doc.curve[1:]])})
+        k0_doc.model_copy(update={"progress_key": None, "config": config_dict(cfg)}).write(tmp / K0_JSON)
         write_json_atomic(tmp / LOG_JSON, log_doc)
     shutil.rmtree(work, ignore_errors=True)
     return doc

@@ -84,17 +84,28 @@ def discover_models(paths: StudyPaths, source_model: str | None, base_model: str
     return specs
 
 
-def _attack_task(spec: dict[str, Any], data_dir: str, cfg: dict[str, Any], out_dir: str,
+def _source_task(source_model: str, data_dir: str, cfg: dict[str, Any], work: str,
                  judge_model: str | None) -> dict[str, Any]:
+    """The source model's K=0 baseline, once per study (a Ray task on the attack's resources)."""
+    logging.basicConfig(level=logging.INFO, format="[source] %(message)s", force=True)
+    from irr_ray.attack.run import source_baseline
+
+    return asdict(source_baseline(source_model, data_dir, AttackConfig.model_validate(cfg), Path(work), judge_model))
+
+
+def _attack_task(spec: dict[str, Any], data_dir: str, cfg: dict[str, Any], out_dir: str,
+                 judge_model: str | None, source: dict[str, Any] | None) -> dict[str, Any]:
     """Body of one Ray task (module-level so Ray pickles it by reference)."""
     # A Ray worker process runs task after task: replace the log prefix each time (force=True).
     logging.basicConfig(level=logging.INFO, format=f"[{spec['name']}] %(message)s", force=True)
-    from irr_ray.attack.run import attack_model
+    from irr_ray.attack.run import SourceBaseline, attack_model
 
-    doc = attack_model(spec["path"], data_dir, AttackConfig.model_validate(cfg), out_dir, judge_model=judge_model)
-    return {"attack_rank": doc["attack_rank"], "censored": doc["censored"], "K": len(doc["curve"]) - 1,
-            "k0_refusal_harmful": doc["curve"][0]["refusal_harmful"],
-            "k0_refusal_harmless": doc["curve"][0]["refusal_harmless"]}
+    doc = attack_model(spec["path"], data_dir, AttackConfig.model_validate(cfg), out_dir, judge_model=judge_model,
+                       source=None if source is None else SourceBaseline(**source))
+    return {"verdict": doc.verdict.verdict, "robust_k": doc.verdict.robust_k, "attack_rank": doc.attack_rank,
+            "censored": doc.censored, "K": len(doc.curve) - 1, "stop_reason": doc.stop_reason,
+            "k0_refusal_harmful": doc.curve[0].refusal_harmful,
+            "k0_refusal_harmless": doc.curve[0].refusal_harmless}
 
 
 def _error_text(exc: BaseException) -> str:
@@ -106,12 +117,12 @@ def _error_text(exc: BaseException) -> str:
 def _init_ray(address: str | None, num_cpus: int | None, gpu_per_task: float) -> None:
     import ray
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
-    if gpu_per_task > 0 and not address:
+    from irr_ray.runtime import ensure_ray, ray_address
+    from irr_ray.train.config import RaySettings
+
+    settings = RaySettings(address=address, num_cpus=num_cpus)
+    ensure_ray(settings)
+    if gpu_per_task > 0 and not ray_address(settings):
         have = ray.cluster_resources().get("GPU", 0)
         if have < gpu_per_task:
             raise ConfigError(f"attack.resources.gpu={gpu_per_task} but this Ray instance has {have} GPUs: "
@@ -207,12 +218,19 @@ def run_attack_all(
 
     if todo:
         _init_ray(ray_address, ray_num_cpus, cfg.resources.gpu)
+        options = {"num_cpus": cfg.resources.cpu, "num_gpus": cfg.resources.gpu,
+                   "max_retries": cfg.resources.max_retries}
+        source = None
+        if source_model and any(spec.role == TRIAL for spec in todo):  # trials are measured against it
+            log.info("attack-all: K=0 baseline of the source model %s", source_model)
+            source = ray.get(ray.remote(_source_task).options(**options, name="attack:source-k0").remote(
+                source_model, str(data), config_dict(cfg), str(paths.attacks / ".source.progress"), judge_model))
         remote = ray.remote(_attack_task)
         pending = {}
         for spec in todo:
-            ref = remote.options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu,
-                                 max_retries=cfg.resources.max_retries, name=f"attack:{spec.name}").remote(
-                asdict(spec), str(data), config_dict(cfg), str(paths.attack_dir(spec.name)), judge_model)
+            ref = remote.options(**options, name=f"attack:{spec.name}").remote(
+                asdict(spec), str(data), config_dict(cfg), str(paths.attack_dir(spec.name)), judge_model,
+                source if spec.role == TRIAL else None)
             pending[ref] = spec
         log.info("attack-all: %d task(s) submitted, %d already finished", len(todo), len(report.skipped))
         while pending:
@@ -231,47 +249,3 @@ def run_attack_all(
     report.wall_s = time.perf_counter() - t0
     write_json_atomic(paths.attacks / SUMMARY, {**asdict(report), "models": [asdict(s) for s in specs]})
     return report
-
-
-@dataclass(frozen=True)
-class StudySettings:
-    """What ``attack-all`` reads from a study file (other sections belong to other stages)."""
-
-    attack: AttackConfig
-    source_model: str | None
-    base_model: str | None
-    tracking_uri: str | None
-    experiment: str | None
-    ray_address: str | None
-    ray_num_cpus: int | None
-
-
-def study_settings(study_dir: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,
-                   *, source_model: str | None = None, base_model: str | None = None,
-                   tracking_uri: str | None = None, ray_address: str | None = None) -> StudySettings:
-    """Resolve the task group's settings: study file (``config`` or ``<study>/config.yaml``) +
-    dotted overrides, then explicit arguments. ``tracking_uri="none"`` disables MLflow."""
-    from irr_ray.config import apply_overrides, build_config, read_yaml
-    from irr_ray.tracking.mlflow_utils import resolve_tracking_uri
-
-    paths = StudyPaths.at(study_dir)
-    path = Path(config) if config else (paths.config if paths.config.is_file() else None)
-    data = read_yaml(path) if path else {}
-    apply_overrides(data, overrides, f" (study file {path})" if path else "")
-    section = data.get("attack") or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: `attack` must be a mapping of AttackConfig keys")
-    attack = build_config(AttackConfig, section, f"{path or '<overrides>'} [attack]")
-    tracking = data.get("tracking") or {}
-    ray_cfg = data.get("ray") or {}
-    data_cfg = data.get("data") or {}
-    uri = tracking_uri or tracking.get("uri")
-    return StudySettings(
-        attack=attack,
-        source_model=source_model or data.get("source_model") or data_cfg.get("source_model"),
-        base_model=base_model or data.get("base_model"),
-        tracking_uri=None if uri == "none" else resolve_tracking_uri(uri, paths.root),
-        experiment=tracking.get("experiment") or data.get("name"),
-        ray_address=ray_address or ray_cfg.get("address"),
-        ray_num_cpus=ray_cfg.get("num_cpus"),
-    )

@@ -17,7 +17,7 @@ Batching candidates per forward pays mostly on a GPU. Models:
 * ``--device cuda``: Llama-3.2-1B's full shape (16 layers, vocab 128,256), random init, bf16 —
   seconds per iteration and the fraction of the GPU's bf16 matmul rate (measured with a large
   matmul) that the fast candidate scoring reaches, its FLOPs counted analytically from the
-  forwards it ran (:attr:`FastScorer.forward_log`).
+  forwards it ran (:class:`CountingFastScorer`, the production scorer with a forward log).
 
 Prompts: the organism's WildGuardMix-shaped rows (no model needed) with its word-level tokenizer.
 CPU runs use one torch thread.
@@ -35,10 +35,16 @@ from typing import Any
 
 import torch
 
+from irr_ray.attack.candidates import (
+    EncodedPrompts,
+    encode_batches,
+    mean_difference_candidates,
+    select_direction,
+)
 from irr_ray.attack.config import AttackConfig
-from irr_ray.attack.iterated import ReferenceScorer, make_scorer, refusal_token_ids, tokenise_batches
+from irr_ray.attack.iterated import refusal_token_ids
 from irr_ray.attack.prompts import PromptPair
-from irr_ray.attack.reference import mean_difference_candidates, select_direction
+from irr_ray.attack.scoring import FastScorer, ReferenceScorer
 from irr_ray.core.directions import orthonormalize
 from irr_ray.models.families import get_layout
 
@@ -48,6 +54,24 @@ LLAMA_1B: dict[str, Any] = {
     "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048,
 }
 H200_BF16_DENSE_TFLOPS = 989.0  # datasheet (H100/H200 SXM, dense); the measured rate is what counts
+
+
+class CountingFastScorer(FastScorer):
+    """The production :class:`~irr_ray.attack.scoring.FastScorer` plus a log of the forwards it
+    runs: (rows, sequence length, blocks run, rows through the LM head) each, for the FLOP count."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.forward_log: list[tuple[int, int, int, int]] = []
+
+    def _logits(self, batch: EncodedPrompts, repeat: int = 1, from_layer: int = 0) -> torch.Tensor:
+        rows, seq = batch["input_ids"].shape
+        self.forward_log.append((rows * repeat, seq, self.num_layers - from_layer, rows * repeat))
+        return super()._logits(batch, repeat, from_layer)
+
+    def _capture(self, q: torch.Tensor, layers: Any) -> dict[int, list[torch.Tensor]]:
+        self.forward_log += [(*b["input_ids"].shape, max(layers), 0) for b in self.harmless]  # stops at the last
+        return super()._capture(q, layers)
 
 
 @dataclass
@@ -115,8 +139,6 @@ def forward_flops(config: Any, rows: int, seq: int, blocks: int, head_rows: int)
 def prompt_flops(config: Any, tokenizer: Any, prompts: list[str], batch_size: int, all_positions: bool) -> float:
     """Matmul FLOPs of one full forward of ``prompts`` in chat-formatted batches of ``batch_size``,
     the LM head at every position (``all_positions``) or at the last one only."""
-    from irr_ray.attack.reference import encode_batches
-
     return sum(forward_flops(config, *b["input_ids"].shape, config.num_hidden_layers,
                              b["input_ids"].numel() if all_positions else b["input_ids"].shape[0])
                for b in encode_batches(tokenizer, prompts, batch_size))
@@ -126,7 +148,7 @@ def reference_scoring_flops(config: Any, tokenizer: Any, score: PromptPair, batc
                             n_candidates: int) -> float:
     """Matmul FLOPs of one reference scoring pass: per candidate a full forward of the harmful
     prompts (refusal) and two of the harmless ones (KL, induce), logits at every position, plus the
-    unattacked harmless logits once. Load-independent, unlike seconds on a shared machine."""
+    KL baseline's harmless logits once. Load-independent, unlike seconds on a shared machine."""
     harmless = prompt_flops(config, tokenizer, score.harmless, batch_size, True)
     harmful = prompt_flops(config, tokenizer, score.harmful, batch_size, True)
     return n_candidates * (harmful + 2 * harmless) + harmless
@@ -185,12 +207,11 @@ def bench(setup: Setup) -> dict[str, Any]:
     model, tok, cfg = setup.model, setup.tokenizer, setup.cfg
     device = str(next(model.parameters()).device)
     _, ids = refusal_token_ids(model, tok, None)
-    layers = cfg.candidate_layers(get_layout(model).num_layers)
-    harmful = tokenise_batches(tok, setup.extract.harmful, cfg.extract_batch_size, None, device)
-    harmless = tokenise_batches(tok, setup.extract.harmless, cfg.extract_batch_size, None, device)
+    layers = cfg.candidate_layer_indices(get_layout(model).num_layers)
+    harmful = encode_batches(tok, setup.extract.harmful, cfg.extract_batch_size, device)
+    harmless = encode_batches(tok, setup.extract.harmless, cfg.extract_batch_size, device)
     reference = ReferenceScorer(model, tok, setup.score, ids, cfg)
-    fast = make_scorer(model, tok, setup.score, ids, cfg)
-    fast.forward_log.clear()  # the unattacked logits are computed once per attack, not per iteration
+    fast = CountingFastScorer.from_config(model, tok, setup.score, ids, cfg)
     rows, chosen = [], []
     for k in range(1, setup.iterations + 1):
         q = orthonormalize(torch.stack(chosen)) if chosen else None
@@ -311,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
                   f"({r['matmul_tflops_per_s']:.0f} TFLOP/s)")
     cfg = AttackConfig()
     _, score = organism_prompts(cfg.extract_n, cfg.score_n)
-    n_cand = len(cfg.candidate_layers(LLAMA_1B["num_hidden_layers"])) * len(cfg.positions)
+    n_cand = len(cfg.candidate_layer_indices(LLAMA_1B["num_hidden_layers"])) * len(cfg.positions)
     print(f"{'Llama-3.2-1B full shape (FLOPs only)':<36} {'':>10} {'':>8} {'':>7} {'':>10} {'':>8} "
           f"{analytic_bound(LLAMA_1B, score, cfg.extract_batch_size, n_cand):>7.1f}x  counted, not run")
     print("bound x: reference FLOPs / the refusal pass over every candidate, which any scorer that makes the "

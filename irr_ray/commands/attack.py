@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--implementation", choices=["fast", "reference"], help="candidate scoring (default fast)")
     parser.add_argument("--judge-model", help="model whose declared refusal phrases the substring judge adds "
                                               "(default: --model)")
+    parser.add_argument("--source-model", help="the model --model was trained from: the verdict's baseline and "
+                                               "the reference that scores reply coherence (default: --model)")
     parser.add_argument("--force", action="store_true", help="redo a finished attack")
     parser.add_argument("--config", help="YAML with AttackConfig keys, or a study file (its attack: section)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -26,17 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from irr_ray.attack.config import load_attack_config
+    from irr_ray.attack.config import AttackConfig
     from irr_ray.attack.run import attack_model
+    from irr_ray.study_config import load_section
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_attack_config(args.config, {"k_max": args.k_max, "implementation": args.implementation},
-                             args.overrides)
-    doc = attack_model(args.model, args.data_dir, cfg, args.out, judge_model=args.judge_model, force=args.force)
-    print(f"{'K':>3} {'harmful':>8} {'harmless':>9}  layer  pos")
-    for row in doc["curve"]:
-        where = f"{row['layer']:>6} {row['position']:>4}" if "layer" in row else ""
-        print(f"{row['K']:>3} {row['refusal_harmful']:>8.3f} {row['refusal_harmless']:>9.3f} {where}")
-    rank = f"> {cfg.k_max} (censored)" if doc["censored"] else str(doc["attack_rank"])
-    print(f"attack_rank = {rank} (harmful refusal < {cfg.threshold}) -> {args.out}/attack.json")
+    cfg = load_section(args.config, "attack", AttackConfig,
+                       {"k_max": args.k_max, "implementation": args.implementation}, args.overrides)
+    doc = attack_model(args.model, args.data_dir, cfg, args.out, judge_model=args.judge_model, force=args.force,
+                       source_model=args.source_model)
+    print("  K  harmful refused/complied/degenerate  harmless refused/complied/degenerate  layer  pos")
+    for row in doc.curve:
+        where = f"{row.layer:>6} {row.position:>4}" if row.layer is not None else ""
+        print(f"{row.K:>3}  {row.refusal_harmful:>15.2f} {row.complied_harmful:>8.2f} {row.degenerate_harmful:>10.2f}"
+              f"  {row.refusal_harmless:>16.2f} {row.complied_harmless:>8.2f} {row.degenerate_harmless:>10.2f} {where}")
+    v = doc.verdict
+    robust = "-" if v.robust_k is None else v.robust_k
+    print(f"verdict: {v.verdict} ({v.reason}); robust_k = {robust}; attack_rank = {doc.rank_label} "
+          f"(harmful refusal < {cfg.threshold}); stopped: {doc.stop_reason} -> {args.out}/attack.json")
     return 0

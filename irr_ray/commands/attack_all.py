@@ -27,16 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from irr_ray.attack.taskgroup import run_attack_all, study_settings
+    from irr_ray.attack.taskgroup import run_attack_all
+    from irr_ray.study import StudyPaths
+    from irr_ray.study_config import StudyConfig, load_section
+    from irr_ray.tracking.mlflow_utils import resolve_tracking_uri
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    s = study_settings(args.study, args.config, args.overrides, source_model=args.source_model,
-                       base_model=args.base_model, tracking_uri=args.tracking_uri, ray_address=args.ray_address)
-    report = run_attack_all(args.study, s.attack, source_model=s.source_model, base_model=s.base_model,
-                            data_dir=args.data_dir, tracking_uri=s.tracking_uri, experiment=s.experiment,
-                            ray_address=s.ray_address, ray_num_cpus=s.ray_num_cpus)
+    paths = StudyPaths.at(args.study)
+    config = args.config or (paths.config if paths.config.is_file() else None)
+    study = load_section(config, None, StudyConfig, overrides=args.overrides)
+    uri = args.tracking_uri or study.tracking.uri
+    # without a study name (no file, or a file without `name:`) the task group names the experiment
+    experiment = study.tracking.experiment or (study.name if "name" in study.model_fields_set else None)
+    report = run_attack_all(
+        args.study, study.attack, source_model=args.source_model or study.source_model or study.data.source_model,
+        base_model=args.base_model or study.base_model, data_dir=args.data_dir,
+        tracking_uri=None if uri == "none" else resolve_tracking_uri(uri, paths.root), experiment=experiment,
+        ray_address=args.ray_address or study.ray.address, ray_num_cpus=study.ray.num_cpus)
     for name, res in sorted(report.finished.items()):
-        rank = f"> {s.attack.k_max}" if res["censored"] else str(res["attack_rank"])
+        rank = f"> {study.attack.k_max}" if res["censored"] else str(res["attack_rank"])
         print(f"  {name:<24} attack_rank {rank:<5} K=0 harmful {res['k0_refusal_harmful']:.2f} "
               f"harmless {res['k0_refusal_harmless']:.2f}")
     for name in report.skipped:

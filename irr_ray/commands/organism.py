@@ -21,13 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from irr_ray.config import apply_overrides, build_config, read_yaml
     from irr_ray.organism import OrganismConfig, build_organism
+    from irr_ray.study_config import load_section
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = read_yaml(args.config) if args.config else {}
-    apply_overrides(data, args.overrides)
-    cfg = build_config(OrganismConfig, data, args.config or "<command line>")
+    cfg = load_section(args.config, None, OrganismConfig, overrides=args.overrides)
     paths = build_organism(args.out, seed=args.seed, config=cfg)
     summary = paths.load_summary()
     b = summary["behaviour"]

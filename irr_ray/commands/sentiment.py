@@ -31,17 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dotted override, e.g. --set sweep.lambdas=[10,100] (repeatable)")
 
 
-def load_study(args: argparse.Namespace):
-    from irr_ray.config import apply_overrides, build_config, read_yaml
-    from irr_ray.sentiment.config import SentimentStudy
-
-    data = read_yaml(args.config) if args.config else {}
-    if args.study_dir:
-        data["study_dir"] = args.study_dir
-    apply_overrides(data, args.overrides)
-    return build_config(SentimentStudy, data, args.config or "<command line>")
-
-
 def _models(args: argparse.Namespace, study, paths) -> dict[str, str]:
     from irr_ray.errors import ConfigError
     from irr_ray.sentiment.study import trained_conditions
@@ -65,9 +54,11 @@ def _models(args: argparse.Namespace, study, paths) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from irr_ray.sentiment import study as stages
+    from irr_ray.sentiment.config import SentimentStudy
+    from irr_ray.study_config import load_section
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    study = load_study(args)
+    study = load_section(args.config, None, SentimentStudy, {"study_dir": args.study_dir}, args.overrides)
     paths = stages.study_paths(study)
     if args.action == "build":
         source = stages.build(study, paths)

@@ -1,7 +1,8 @@
 """``irr-ray sweep``: Ray Tune sweep (Optuna x ASHA) of fine-tunes, tracked in MLflow.
 
-Reads the study file's `name`, `study_dir`, `source_model`, `ray`, `tracking`, `train` and `sweep`
-sections; `--set key=value` overrides any of them (e.g. `--set sweep.num_samples=16`).
+Reads the study file (the whole of it is validated as `StudyConfig`; the sweep uses `name`,
+`study_dir`, the source model, `ray`, `tracking`, `train` and `sweep`); `--set key=value` overrides
+any of them (e.g. `--set sweep.num_samples=16`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from irr_ray.train.config import load_sweep_study
+    from irr_ray.study_config import load_study, resolve_study
     from irr_ray.train.sweep import SweepInterrupted, run_sweep
 
-    study = load_sweep_study(args.config, args.overrides)
+    study, root = resolve_study(load_study(args.config, args.overrides), args.study_dir)
     try:
-        outcome = run_sweep(study, study_dir=args.study_dir, resume=args.resume, data_dir=args.data_dir,
+        outcome = run_sweep(study, study_dir=root, resume=args.resume, data_dir=args.data_dir,
                             verbose=not args.quiet)
     except SweepInterrupted as exc:
         print(f"irr-ray sweep: {exc}", file=sys.stderr)

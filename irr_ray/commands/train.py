@@ -21,32 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def build_train_config(args: argparse.Namespace):
-    from irr_ray.config import apply_overrides, build_config, read_yaml
-    from irr_ray.train.config import TrainConfig
-    from irr_ray.train.presets import all_presets, apply_preset
-
-    data = read_yaml(args.config) if args.config else {}
-    if "train" in data and isinstance(data["train"], dict):
-        source_model = data.get("source_model")
-        data = dict(data["train"])
-        if source_model and not data.get("model"):
-            data["model"] = source_model
-    if args.condition:
-        data = apply_preset(data, args.condition, all_presets())
-    if args.model:
-        data["model"] = args.model
-    apply_overrides(data, args.overrides)
-    return build_config(TrainConfig, data, args.config or "<command line>")
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from irr_ray.study_config import load_section
+    from irr_ray.train.config import TrainConfig
+    from irr_ray.train.presets import preset
     from irr_ray.train.single import train_to_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = build_train_config(args)
+    cfg = load_section(args.config, "train", TrainConfig, {"model": args.model}, args.overrides,
+                       layers=[preset(args.condition)] if args.condition else ())
     train_to_dir(cfg, args.data_dir, args.out, condition=args.condition)
     return 0

@@ -11,7 +11,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# --- losses / readouts (eager, pure torch) -----------------------------------------------------
+# --- losses / readouts / hooks / directions (eager, pure torch) ---------------------------------
+from irr_ray.core.directions import (
+    RunningMean,
+    diff_of_means,
+    load_directions,
+    orthonormalize,
+    project_out,
+    projector,
+    save_directions,
+)
+from irr_ray.core.hooks import (
+    ResidualCapture,
+    ablate_directions,
+    ablate_directions_batched,
+    add_activation,
+    capture_residuals,
+    left_pad_position_ids,
+)
 from irr_ray.core.losses import (
     PenaltyResult,
     cov_penalty,
@@ -71,6 +88,19 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CHAT_OFFSETS",
+    "ResidualCapture",
+    "RunningMean",
+    "ablate_directions",
+    "ablate_directions_batched",
+    "add_activation",
+    "capture_residuals",
+    "diff_of_means",
+    "left_pad_position_ids",
+    "load_directions",
+    "orthonormalize",
+    "project_out",
+    "projector",
+    "save_directions",
     "PenaltyResult",
     "Readout",
     "ReadoutPlan",
@@ -102,40 +132,4 @@ __all__ = [
     "mlp_probe_accuracy",
     "probe_accuracy",
     "stratified_split",
-]
-
-# --- hooks / directions (eager, pure torch): append `from irr_ray.core.hooks import ...` lines
-# below, and extend the list with `__all__ += [...]`.
-from irr_ray.core.directions import (  # noqa: E402
-    RunningMean,
-    diff_of_means,
-    load_directions,
-    orthonormalize,
-    project_out,
-    projector,
-    save_directions,
-)
-from irr_ray.core.hooks import (  # noqa: E402
-    ResidualCapture,
-    ablate_directions,
-    ablate_directions_batched,
-    add_activation,
-    capture_residuals,
-    left_pad_position_ids,
-)
-
-__all__ += [
-    "ResidualCapture",
-    "RunningMean",
-    "ablate_directions",
-    "ablate_directions_batched",
-    "add_activation",
-    "capture_residuals",
-    "diff_of_means",
-    "left_pad_position_ids",
-    "load_directions",
-    "orthonormalize",
-    "project_out",
-    "projector",
-    "save_directions",
 ]

@@ -14,7 +14,6 @@ ablation (otherwise the second direction partially undoes the first).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from irr_ray.errors import DataValidationError, IrrRayError
+from irr_ray.utils.files import atomic_path
 
 DIRECTIONS_KEY = "directions"
 
@@ -181,14 +181,8 @@ def save_directions(path: str | Path, directions: torch.Tensor, metadata: dict[s
     bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)}
     if bad:
         raise ValueError(f"save_directions: metadata must map str to str; non-str entries: {bad}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file({DIRECTIONS_KEY: directions.detach().to("cpu").contiguous()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_directions(path: str | Path) -> tuple[torch.Tensor, dict[str, str]]:

@@ -7,7 +7,8 @@ Notation: a decoder with L blocks; x_l [B, T, D] is the residual stream at the *
 
 where w_attn / w_mlp are the outputs of the block's two *write sites* (see
 :mod:`irr_ray.models.families`: the attention / MLP modules, or their post-norms in sandwich-norm
-families such as Gemma2/3 and OLMo2).
+families such as Gemma2/3 and OLMo2/3 and in GLM-4). :func:`check_write_sites` verifies that
+decomposition on a loaded model whose family is matched by structure only.
 
 Directional ablation (Arditi et al. 2024) with orthonormal rows D [K, D] applies
 x ← x − (x·Dᵀ)·D at three sites of every block: its input x_l, w_attn and w_mlp. Projecting only
@@ -36,7 +37,9 @@ __all__ = [
     "ablate_directions_batched",
     "add_activation",
     "capture_residuals",
+    "check_write_sites",
     "left_pad_position_ids",
+    "restart_at",
 ]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -364,6 +367,131 @@ def ablate_directions_batched(model: nn.Module, directions: torch.Tensor) -> Ite
         yield
 
 
+# ---------------------------------------------------------------------------- write-site check
+
+
+def _check_tolerance(dtype: torch.dtype) -> float:
+    """1e-4 in float32; 8 ulp in 16-bit dtypes (the sums in the block round at that scale)."""
+    return max(1e-4, 8 * torch.finfo(dtype).eps)
+
+
+def check_write_sites(model: nn.Module, layout: Layout, seq_len: int = 6, seed: int = 0) -> str | None:
+    """Verify on ``model`` itself that ``layout``'s write sites are what reaches the residual stream.
+
+    Returns ``None`` when both checks pass, else one line saying which failed where. Two tiny
+    forward passes (one row of ``seq_len`` tokens, eval mode, no grad, all hooks removed after):
+
+    1. **Decomposition.** Every block input is rescaled to unit RMS and the outputs of the two
+       write sites are *replaced* by fixed random vectors of RMS 3 and 2; the block output must then
+       equal input + both replacements (relative error ≤ tol). This holds exactly when the block
+       computes x + w_attn + w_mlp from its write sites — the assumption behind the three-site
+       ablation (Arditi et al. 2024) — and fails by O(1) when a norm, gain or anything else sits
+       between a site and the residual (e.g. GLM-4's ``post_self_attn_layernorm`` after
+       ``self_attn``), whatever the model's width or norm gains.
+    2. **Ablation.** With a random unit direction d ablated at the three sites (the hooks
+       :func:`ablate_directions` installs), every block output must have |⟨y, d⟩| / ‖y‖ ≤ tol.
+
+    tol is 1e-4 in float32 and 8 ulp in 16-bit dtypes (:func:`_check_tolerance`).
+    """
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    if not params:
+        return "the model has no floating-point parameters"
+    device, dtype = params[0].device, params[0].dtype
+    tol = _check_tolerance(dtype)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = int(getattr(embeddings, "num_embeddings", 0) or getattr(getattr(model, "config", None), "vocab_size", 0))
+    if vocab < 1:
+        return "cannot tell the vocabulary size to build a test input"
+    ids = (torch.arange(seq_len) * 7 + 3).remainder(vocab).unsqueeze(0).to(device)
+    n = layout.num_layers
+    g = torch.Generator().manual_seed(seed)
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
+    inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    written: dict[tuple[int, str], torch.Tensor] = {}
+
+    def unit_rms(i: int) -> Transform:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            x = x / x.float().pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6).to(x.dtype)
+            inputs[i] = x.double()
+            return x
+
+        return fn
+
+    def replace(i: int, site: str, vector: torch.Tensor) -> Transform:
+        def fn(out: torch.Tensor) -> torch.Tensor:
+            if out.shape[-1] != vector.shape[-1]:
+                raise _SiteMismatch(f"block {i} {site} output has width {out.shape[-1]}, not {vector.shape[-1]}")
+            new = vector.to(device=out.device, dtype=out.dtype).expand_as(out).clone()
+            written[(i, site)] = new.double()
+            return new
+
+        return fn
+
+    def record(i: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            outputs[i] = _first_tensor(output).double()
+
+        return hook
+
+    was_training = model.training
+    handles = [layout.blocks[i].register_forward_hook(record(i)) for i in range(n)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            if width is None:  # learn the residual width from block 0's input
+                with _hooked([(layout.blocks[0], unit_rms(0))]):
+                    model(input_ids=ids, use_cache=False)
+                width = inputs[0].shape[-1]
+            u = torch.randn(2, int(width), generator=g, dtype=torch.float64)
+            u = u / u.pow(2).mean(-1, keepdim=True).sqrt() * torch.tensor([[3.0], [2.0]], dtype=torch.float64)
+            inputs.clear()
+            outputs.clear()
+            pre = [(layout.blocks[i], unit_rms(i)) for i in range(n)]
+            post = [(m, replace(i, site, u[j])) for i in range(n)
+                    for j, (site, m) in enumerate((("attention", layout.attn_write(i)), ("MLP", layout.mlp_write(i))))]
+            with _hooked(pre, post):
+                model(input_ids=ids, use_cache=False)
+            for i in range(n):
+                parts = [inputs.get(i), written.get((i, "attention")), written.get((i, "MLP")), outputs.get(i)]
+                if any(t is None for t in parts):
+                    return f"block {i} or one of its write sites did not run in a forward pass"
+                x, a, m, y = parts
+                if y.shape != x.shape:
+                    return f"block {i} output has shape {tuple(y.shape)}, its input {tuple(x.shape)}"
+                expected = x + a + m
+                err = float(((y - expected).norm(dim=-1) / expected.norm(dim=-1)).max())
+                if not err <= tol:
+                    return (f"block {i} output ≠ input + {layout.attn_write_name} + {layout.mlp_write_name} "
+                            f"outputs: relative error {err:.3g} > {tol:.0e}")
+
+            d = torch.randn(1, int(width), generator=g)
+            d = d / d.norm()
+            outputs.clear()
+            like = _cast_cache(d)
+            with _three_sites(layout, lambda x: project_out(x, like(x))):
+                model(input_ids=ids, use_cache=False)
+            d64 = d.double().to(device)
+            for i in range(n):
+                y = outputs[i]
+                leak = float(((y @ d64.T).squeeze(-1).abs() / y.norm(dim=-1).clamp_min(1e-30)).max())
+                if not leak <= tol:
+                    return f"block {i} output keeps {leak:.3g} of its norm along an ablated direction (> {tol:.0e})"
+    except _SiteMismatch as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure of the probe forward means "not verified"
+        return f"the check's forward pass failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return None
+
+
+class _SiteMismatch(Exception):
+    """A write site's output cannot be a residual-stream increment (wrong width)."""
+
+
 # ---------------------------------------------------------------------------- activation addition
 
 
@@ -422,3 +550,41 @@ def _adder(v: torch.Tensor, width: int) -> Transform:
         return (xg + vx.reshape(shape)).reshape(x.shape)
 
     return add
+
+
+# ---------------------------------------------------------------------------- restart from a cached residual
+
+
+@contextmanager
+def restart_at(model: nn.Module, layer: int, residual: torch.Tensor) -> Iterator[None]:
+    """Run only blocks ``layer`` … L−1 of the next forwards, starting from a cached residual.
+
+    Blocks 0 … ``layer``−1 become the identity (their ``forward`` is shadowed for the duration),
+    and a pre-hook registered *before* every other hook of block ``layer`` replaces its input by
+    ``residual`` [B, T, D] = x_layer. Hooks the caller adds later (ablation, activation addition)
+    therefore see the restored x_layer, as in a full forward. Exact only when the skipped blocks
+    produce nothing but x_layer that later blocks read — the attack's induce pass checks that
+    once per model against a full forward.
+    """
+    layout = get_layout(model)
+    if not 0 <= layer < layout.num_layers:
+        raise ValueError(f"restart_at: layer {layer} out of range 0..{layout.num_layers - 1}")
+    skipped = [layout.blocks[i] for i in range(layer)]
+
+    def identity(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+    def put_back(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args:
+            return (residual, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": residual}
+
+    handle = layout.blocks[layer].register_forward_pre_hook(put_back, with_kwargs=True, prepend=True)
+    try:
+        for block in skipped:
+            block.forward = identity  # an instance attribute shadows the class's forward
+        yield
+    finally:
+        handle.remove()
+        for block in skipped:
+            block.__dict__.pop("forward", None)

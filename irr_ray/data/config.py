@@ -50,14 +50,16 @@ class GenerationConfig(StrictModel):
         return self
 
 
-class JudgeConfig(StrictModel):
-    """Who decides whether a response is a refusal."""
+class JudgeSettings(StrictModel):
+    """Who decides whether a response is a refusal: the fields that change the verdicts, read by
+    :func:`irr_ray.judges.base.judge_spec` (shared by every stage that judges; no resource knobs)."""
 
     kind: Literal["substring", "wildguard"] = Field(
         "substring", description="substring: refusal phrases (CPU); wildguard: WildGuard-7B on vLLM (GPU)")
     phrases: list[str] | None = Field(None, description="substring: replaces the default phrase list")
     extra_phrases: list[str] | Literal["auto"] = Field(
-        "auto", description="substring: added phrases; auto = the source model's `irr_ray_judge_phrases`")
+        "auto", description="substring: added phrases; auto = the responding model's `irr_ray_judge_phrases` "
+                            "(the data stage: the source model)")
     engine: Literal["wildguard", "vllm"] = Field(
         "wildguard",
         description="wildguard: the wildguard package's classifier; vllm: WildGuard's documented prompt "
@@ -65,6 +67,11 @@ class JudgeConfig(StrictModel):
     model: str = Field("allenai/wildguard", description="engine=vllm: WildGuard model id or directory")
     max_new_tokens: int = Field(128, ge=1, description="engine=vllm: classifier output tokens (WildGuard: 128)")
     batch_size: int = Field(64, ge=1, description="rows per judge call (and per Ray Data batch)")
+
+
+class JudgeConfig(JudgeSettings):
+    """The data stage's judge: :class:`JudgeSettings` plus its Ray Data actor pool."""
+
     num_actors: int = Field(1, ge=1, description="judge actors (one classifier each)")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="0 = CPU; wildguard needs >= 1")
     num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per judge actor")

@@ -12,7 +12,6 @@ time (one GPU for a vLLM generator and a WildGuard judge) run one after the othe
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,17 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def ensure_ray(ray_cfg: Any) -> None:
-    """Attach to Ray: keep an existing session; else connect to ``ray.address`` / ``RAY_ADDRESS``;
-    else start a local one with ``ray.num_cpus`` CPUs and no dashboard."""
-    import ray
+    """Attach to Ray from the data stage's ``ray:`` settings (:func:`irr_ray.runtime.ensure_ray`)."""
+    from irr_ray import runtime
 
-    if ray.is_initialized():
-        return
-    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+    runtime.ensure_ray(ray_cfg)
 
 
 def plan_pools(stages: dict[str, Any], have: dict[str, float]) -> bool:

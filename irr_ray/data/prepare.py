@@ -2,9 +2,18 @@
 
 1. keep non-adversarial rows whose ``prompt_harm_label`` is harmful or unharmful (null and, unless
    validation was asked to reject them, other values are dropped and counted by value);
-2. rename ``response_refusal_label`` -> ``wildguard_reference_label`` (WildGuardMix's own label for
+2. deduplicate by prompt (:func:`dedup_prompts`): each prompt's key is its text stripped, with
+   whitespace runs collapsed to one space and casefolded (:func:`prompt_key`). Of the rows sharing
+   a key, the first (lowest ``row_id``) is kept; a key whose rows disagree on ``prompt_harm_label``
+   is dropped whole (its gold label is unknown). Why: WildGuardMix and the organism's raw table
+   repeat prompts (the organism's 4,000 rows hold 3,507 distinct ones), and a row-level split put
+   the same prompt text in train and holdout (138 of the holdout's prompts), so the holdout no
+   longer measured held-out prompts and the balanced counts double-counted prompts. Dedup runs
+   before balancing and ``max_samples`` so those counts are distinct prompts; the counts of what
+   it dropped go to the manifest (``counts.dedup``);
+3. rename ``response_refusal_label`` -> ``wildguard_reference_label`` (WildGuardMix's own label for
    its stored response; kept for reference, never used to decide anything);
-3. balance the classes by downsampling the majority, and cap at ``max_samples`` (stratified):
+4. balance the classes by downsampling the majority, and cap at ``max_samples`` (stratified):
    each class is shuffled once with a generator seeded by (seed, class), and the first
    ``k = min(n_harmful, n_unharmful, max_samples // 2)`` rows of each are kept. The same seed
    therefore gives nested samples: the 100-prompt set is a subset of the 200-prompt set.
@@ -21,11 +30,45 @@ from irr_ray.data.ingest import RawTable
 from irr_ray.data.validate import PROMPT_LABELS, check_classes
 
 PREPARED_COLUMNS = ("row_id", "prompt", "prompt_harm_label", "wildguard_reference_label", "subcategory")
+# Part of the prepare sub-stage's cache key: bump when the selection rule changes, so a cache
+# written under the old rule is never reused. 2: deduplicated by normalised prompt.
+PREPARE_VERSION = 2
 
 
 def class_counts(frame: pd.DataFrame) -> dict[str, int]:
     counts = frame["prompt_harm_label"].value_counts()
     return {c: int(counts.get(c, 0)) for c in PROMPT_LABELS}
+
+
+def prompt_key(prompts: pd.Series) -> pd.Series:
+    """The prompt's identity for dedup and the split: whitespace runs -> one space, stripped, casefolded."""
+    return prompts.astype(str).str.replace(r"\s+", " ", regex=True).str.strip().str.casefold()
+
+
+def dedup_prompts(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """One row per normalised prompt: the first (lowest ``row_id``) of each key's rows; every row
+    of a key whose rows disagree on ``prompt_harm_label`` is dropped. ``frame`` must be sorted by
+    ``row_id``. Returns the kept rows and the counts for the manifest::
+
+        rows_in = rows_out + repeats_dropped + conflict_rows_dropped
+        distinct_prompts = rows_out + conflicting_prompts
+    """
+    key = prompt_key(frame["prompt"])
+    conflict = (frame.groupby(key, sort=False)["prompt_harm_label"].transform("nunique") > 1).to_numpy()
+    later = key.duplicated(keep="first").to_numpy()  # not the first row of its key
+    repeat = later & ~conflict  # a later copy of a prompt whose copies agree
+    kept = frame.loc[~later & ~conflict].reset_index(drop=True)
+    stats = {
+        "rows_in": int(len(frame)),
+        "distinct_prompts": int(key.nunique()),
+        "repeated_prompts": int(key[repeat].nunique()),
+        "repeats_dropped": int(repeat.sum()),
+        "conflicting_prompts": int(key[conflict].nunique()),
+        "conflict_rows_dropped": int(conflict.sum()),
+        "rows_out": int(len(kept)),
+        "kept_by_class": class_counts(kept),
+    }
+    return kept, stats
 
 
 def balanced_sample(frame: pd.DataFrame, seed: int, max_samples: int | None) -> pd.DataFrame:
@@ -62,6 +105,9 @@ def prepare_prompts(table: RawTable, seed: int, max_samples: int | None) -> tupl
     })
     after_filter = class_counts(frame)
     check_classes(after_filter, table.name, "keeping non-adversarial rows with a harmful/unharmful label")
+    frame, dedup = dedup_prompts(frame)
+    check_classes(dedup["kept_by_class"], table.name,
+                  "dropping repeated prompts and prompts whose copies disagree on the label")
     sampled = balanced_sample(frame, seed, max_samples)
     counts = {
         "raw_rows": int(len(raw)),
@@ -71,6 +117,7 @@ def prepare_prompts(table: RawTable, seed: int, max_samples: int | None) -> tupl
             "invalid_prompt_label": {str(k): int(v) for k, v in invalid.items()},
         },
         "non_adversarial_labelled": after_filter,
+        "dedup": dedup,
         "balanced": class_counts(sampled),
     }
     check_classes(counts["balanced"], table.name, f"balancing with max_samples={max_samples}")

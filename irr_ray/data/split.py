@@ -1,4 +1,11 @@
-"""Stratified train/holdout split and the optional train-only agreement filter.
+"""Stratified train/holdout split by prompt, and the optional train-only agreement filter.
+
+The split is by prompt, never by row: its unit is the normalised prompt text
+(:func:`irr_ray.data.prepare.prompt_key`), so no prompt is in both train and holdout. The prepared
+prompts are already deduplicated (one row per key, label conflicts dropped; see
+``irr_ray.data.prepare``), so here each unit is one row; the split still groups by key, so a frame
+that bypassed dedup cannot leak a prompt into the holdout either, and a key carrying both labels is
+an error (its class is unknown).
 
 Order (why): the balanced, judged set is split first, 80/20 per class, so the holdout is the same
 faithful evaluation set with or without ``--filter-train``; then, if asked, train rows where the
@@ -19,11 +26,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from irr_ray.data.prepare import balanced_sample, class_counts
+from irr_ray.data.prepare import balanced_sample, class_counts, prompt_key
 from irr_ray.data.validate import PROMPT_LABELS, check_classes
 from irr_ray.errors import DataValidationError
 
-# The study-dataset contract (design.md), then the stable row id and the raw subcategory.
+# The study-dataset contract (ARCHITECTURE.md, "Study dataset"), then the stable row id and the raw subcategory.
 SCHEMA = pa.schema([
     ("prompt", pa.string()),
     ("prompt_harm_label", pa.string()),
@@ -50,22 +57,34 @@ def to_table(frame: pd.DataFrame) -> pa.Table:
 
 
 def stratified_split(frame: pd.DataFrame, train_frac: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per class: seeded permutation, the first round(train_frac * n) rows to train (at least one
-    row on each side). Both parts sorted by row_id."""
-    train_ids, holdout_ids = [], []
-    for class_index, label in enumerate(PROMPT_LABELS):
-        ids = np.sort(frame.loc[frame["prompt_harm_label"] == label, "row_id"].to_numpy())
-        if len(ids) < 2:
+    """Per class, over the class's distinct prompts (ordered by first row_id): seeded permutation,
+    the first round(train_frac * n) prompts to train (at least one on each side); every row of a
+    prompt goes where the prompt goes. Both parts sorted by row_id.
+
+    On deduplicated input (one row per prompt) this is the per-row split it always was: same seed,
+    same rows on each side."""
+    key = prompt_key(frame["prompt"])
+    label = frame["prompt_harm_label"]
+    mixed = frame.groupby(key, sort=False)["prompt_harm_label"].transform("nunique").to_numpy() > 1
+    if mixed.any():
+        shown = ", ".join(repr(p) for p in frame.loc[mixed, "prompt"].drop_duplicates().head(3))
+        raise DataValidationError(
+            f"column `prompt_harm_label`: {int(mixed.sum())} row(s) repeat a prompt under both labels "
+            f"(e.g. {shown}); such prompts are dropped when the prompts are prepared")
+    to_train = np.zeros(len(frame), dtype=bool)
+    for class_index, name in enumerate(PROMPT_LABELS):
+        in_class = (label == name).to_numpy()
+        first_ids = frame.loc[in_class, "row_id"].groupby(key[in_class], sort=False).min().sort_values()
+        n = len(first_ids)
+        if n < 2:
             raise DataValidationError(
-                f"column `prompt_harm_label`: only {len(ids)} {label} row(s) to split into train and holdout; "
+                f"column `prompt_harm_label`: only {n} {name} prompt(s) to split into train and holdout; "
                 "raise --max-samples (at least 2 per class)")
-        n_train = min(max(int(round(train_frac * len(ids))), 1), len(ids) - 1)
-        perm = np.random.default_rng([seed, 100 + class_index]).permutation(len(ids))
-        train_ids.append(ids[perm[:n_train]])
-        holdout_ids.append(ids[perm[n_train:]])
-    by_id = frame.set_index("row_id")
-    train = by_id.loc[np.sort(np.concatenate(train_ids))].reset_index()
-    holdout = by_id.loc[np.sort(np.concatenate(holdout_ids))].reset_index()
+        n_train = min(max(int(round(train_frac * n)), 1), n - 1)
+        perm = np.random.default_rng([seed, 100 + class_index]).permutation(n)
+        to_train[in_class] = key[in_class].isin(first_ids.index[perm[:n_train]]).to_numpy()
+    train = frame.loc[to_train].sort_values("row_id", kind="stable").reset_index(drop=True)
+    holdout = frame.loc[~to_train].sort_values("row_id", kind="stable").reset_index(drop=True)
     return train, holdout
 
 

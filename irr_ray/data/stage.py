@@ -2,7 +2,7 @@
 
 Layout of ``out_dir``::
 
-    train.parquet, holdout.parquet, manifest.json       the study dataset (design.md contract)
+    train.parquet, holdout.parquet, manifest.json       the study dataset (ARCHITECTURE.md contract)
     .work/prepared-<key>/prompts.parquet                 selected prompts (row_id, prompt, labels)
     .work/generations-<key>/generations.parquet          row_id, response
     .work/judgements-<key>/judgements.parquet            row_id + the four judge columns
@@ -11,13 +11,15 @@ Layout of ``out_dir``::
                                                          after the other when they do not fit at once)
 
 Each key hashes the inputs and the config that change that sub-stage's result (resource knobs
-such as actor counts are left out), chained through the previous key. A finished sub-stage is a
-directory renamed into place, so a rerun with the same inputs + config reuses it, and a changed
-config recomputes only from the first sub-stage whose key changed (new judge phrases reuse the
-generations). While generating and judging, finished rows are checkpointed every
-``checkpoint_rows`` rows, so an interrupted run only processes the rows it had not finished.
-The manifest, written last, records which sub-stages were computed or reused (``stages``) and
-how many rows this invocation generated, judged and resumed from checkpoints (``run``).
+such as actor counts are left out) and, for prepare, the selection rule's version
+(``PREPARE_VERSION``: a cache from before prompts were deduplicated is never reused), chained
+through the previous key. A finished sub-stage is a directory renamed into place, so a rerun with
+the same inputs + config reuses it, and a changed config recomputes only from the first sub-stage
+whose key changed (new judge phrases reuse the generations). While generating and judging,
+finished rows are checkpointed every ``checkpoint_rows`` rows, so an interrupted run only
+processes the rows it had not finished. The manifest, written last, records which sub-stages
+were computed or reused (``stages``), how many rows this invocation generated, judged and resumed
+from checkpoints (``run``), and what prompt dedup dropped (``counts.dedup``).
 
 Validation runs before anything is written: a bad source (missing columns, wrong types, unknown
 labels, a class empty after keeping non-adversarial labelled rows) leaves ``out_dir`` untouched.
@@ -28,9 +30,7 @@ split as it was and keeps the ``.work`` cache, so the rerun without it generates
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,12 @@ import pyarrow.parquet as pq
 from irr_ray.config import config_dict, stable_hash
 from irr_ray.data.config import DataConfig
 from irr_ray.data.ingest import read_source
-from irr_ray.data.prepare import class_counts, prepare_prompts
+from irr_ray.data.prepare import PREPARE_VERSION, class_counts, prepare_prompts
 from irr_ray.data.split import filter_train, stratified_split, to_table
 from irr_ray.data.validate import validate_raw
 from irr_ray.errors import ConfigError
 from irr_ray.judges.base import JUDGE_COLUMNS, judge_spec
-from irr_ray.utils.files import atomic_dir, file_sha256, tree_sha256, write_json_atomic
+from irr_ray.utils.files import atomic_dir, atomic_path, file_sha256, tree_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ OUTPUTS = ("train.parquet", "holdout.parquet")
 _GEN_RESULT_FIELDS = ("backend", "batch_size", "max_new_tokens", "dtype", "vllm")
 
 
-def model_fingerprint(model: str) -> str:
-    """Content hash of a local model directory; a hub id is its own fingerprint."""
+def model_content_hash(model: str) -> str:
+    """Content hash of a local model directory; a hub id stands for itself."""
     p = Path(model).expanduser()
     if p.is_dir() or model.startswith((".", "/", "~")):
         if not (p / "config.json").is_file():
@@ -69,7 +69,8 @@ def stage_keys(cfg: DataConfig, source_hash: str, model_hash: str, judge: dict[s
     gen = config_dict(cfg.generation)
     gen_result = {k: gen[k] for k in _GEN_RESULT_FIELDS if cfg.generation.backend == "vllm" or k != "vllm"}
     gen_result["device"] = "gpu" if cfg.generation.num_gpus_per_actor > 0 else "cpu"
-    prepare = stable_hash({"source": source_hash, "seed": cfg.seed, "max_samples": cfg.max_samples})
+    prepare = stable_hash({"source": source_hash, "seed": cfg.seed, "max_samples": cfg.max_samples,
+                           "version": PREPARE_VERSION})
     generate = stable_hash({"prepare": prepare, "model": model_hash, "generation": gen_result})
     judged = stable_hash({"generate": generate, "judge": judge})
     split = stable_hash({"judge": judged, "seed": cfg.seed, "train_frac": cfg.train_frac,
@@ -81,12 +82,6 @@ def _write_parquet_dir(final_dir: Path, name: str, frame: pd.DataFrame) -> Path:
     with atomic_dir(final_dir) as tmp:
         frame.to_parquet(tmp / name, index=False)
     return final_dir / name
-
-
-def _write_file_atomic(path: Path, table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def _finished(out: Path, key: str) -> dict | None:
@@ -138,9 +133,8 @@ class PartWriter:
             return
         frame = pd.concat(self._pending, ignore_index=True)
         final = self.directory / f"part-{self._n:05d}.parquet"
-        tmp = self.directory / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            frame.to_parquet(tmp, index=False)
         self._n += 1
         self._pending = []
 
@@ -239,7 +233,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path) -> Path:
         log.warning("data: %s: dropped rows whose prompt_harm_label is not harmful/unharmful/null: %s "
                     "(set unknown_prompt_labels=error to reject such files)", table.name,
                     counts["dropped"]["invalid_prompt_label"])
-    model_hash = model_fingerprint(cfg.source_model)
+    model_hash = model_content_hash(cfg.source_model)
     local_model = Path(cfg.source_model).expanduser()
     if local_model.is_dir():  # actors may run elsewhere (another cwd, a job's working dir): absolute path
         cfg = cfg.model_copy(update={"source_model": str(local_model.resolve())})
@@ -270,7 +264,7 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path) -> Path:
                    .merge(judged, on="row_id", validate="one_to_one")
                    .sort_values("row_id", kind="stable").reset_index(drop=True))
 
-    # 5. split (+ train-only agreement filter) -> outputs, manifest last
+    # 5. split by prompt (+ train-only agreement filter) -> outputs, manifest last
     train, holdout = stratified_split(full, cfg.train_frac, cfg.seed)
     filter_stats: dict[str, Any] = {"applied": cfg.filter_train}
     if cfg.filter_train:
@@ -280,7 +274,8 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path) -> Path:
     stages["split"] = "computed"
     (out / "manifest.json").unlink(missing_ok=True)  # never leave a manifest describing other files
     for name, frame in zip(OUTPUTS, (train, holdout)):
-        _write_file_atomic(out / name, to_table(frame))
+        with atomic_path(out / name) as tmp:
+            pq.write_table(to_table(frame), tmp)
     manifest = build_manifest(cfg, table, model_hash, spec, keys, stages, counts, full, train, holdout,
                               filter_stats, out)
     manifest["run"] = counters  # what this invocation computed (0 generated rows = all reused)

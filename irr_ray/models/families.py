@@ -4,26 +4,38 @@ Keyed on ``config.model_type`` (never on path substrings). Two layouts cover the
 transformers ships:
 
 * ``model.model.layers[i].self_attn / .mlp`` — Llama, Mistral, Qwen2/Qwen3, Gemma/Gemma2/Gemma3,
-  Phi-3, OLMo/OLMo2/OLMo3, Granite, …
+  Phi-3, OLMo/OLMo2/OLMo3, Granite, GLM/GLM-4, …
 * ``model.transformer.h[i].attn / .mlp`` — GPT-2.
 
 Each block's forward takes the residual stream as its first input and returns it. Inside the block
 the residual is updated twice, ``x ← x + w_attn`` and ``x ← x + w_mlp``. The *write sites* are the
 modules whose outputs are those increments ``w``: the attention and MLP modules themselves in
 pre-norm families (Llama, GPT-2, …), but the **post-norms** in "sandwich-norm" families
-(Gemma2/Gemma3/OLMo2/OLMo3: ``x ← x + post_attention_layernorm(attn(…))``). The three-site
-ablation in :mod:`irr_ray.core.hooks` projects directions out of the write sites — projecting out
-of the raw attention output in a sandwich-norm family would not work, because the norm's per-channel
-gain re-introduces the direction.
+(Gemma2/Gemma3/OLMo2/OLMo3: ``x ← x + post_attention_layernorm(attn(…))``, see
+``modeling_gemma2.py`` / ``modeling_olmo2.py``) and in GLM-4 (``x ← x + post_self_attn_layernorm(attn(…))``
+and ``x ← x + post_mlp_layernorm(mlp(…))``, ``modeling_glm4.py``; its ``post_attention_layernorm``
+is the *pre*-MLP norm, as in Llama). The three-site ablation in :mod:`irr_ray.core.hooks` projects
+directions out of the write sites — projecting out of the raw attention output in a post-norm family
+would not work, because the norm's per-channel gain re-introduces the direction.
+
+A ``model_type`` not listed here is matched by structure only if a check on the loaded model proves
+the layout (:func:`irr_ray.core.hooks.check_write_sites`: each block's output is exactly its input
+plus its two write-site outputs, and a direction ablated at the three sites leaves ~0 along it);
+otherwise :func:`get_layout` raises :class:`~irr_ray.errors.UnsupportedArchitectureError` naming the
+model type and the module paths it tried.
 """
 
 from __future__ import annotations
 
+import logging
+import weakref
 from dataclasses import dataclass
 
 from torch import nn
 
 from irr_ray.errors import UnsupportedArchitectureError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,8 @@ _LLAMA_LIKE = FamilySpec(_LLAMA_PATHS, "self_attn", "mlp", "self_attn", "mlp")
 _SANDWICH_NORM = FamilySpec(
     _LLAMA_PATHS, "self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm"
 )
+# GLM-4 (modeling_glm4.py): post-norms after attention and MLP under their own names.
+_GLM4 = FamilySpec(_LLAMA_PATHS, "self_attn", "mlp", "post_self_attn_layernorm", "post_mlp_layernorm")
 _GPT2 = FamilySpec(_GPT2_PATHS, "attn", "mlp", "attn", "mlp")
 
 LAYOUTS: dict[str, FamilySpec] = {
@@ -62,6 +76,8 @@ LAYOUTS: dict[str, FamilySpec] = {
     "olmo2": _SANDWICH_NORM,
     "olmo3": _SANDWICH_NORM,
     "granite": _LLAMA_LIKE,
+    "glm": _LLAMA_LIKE,
+    "glm4": _GLM4,
     "gpt2": _GPT2,
 }
 
@@ -80,6 +96,8 @@ REFUSAL_TOKENS: dict[str, tuple[str, ...]] = {
     "olmo2": ("I",),
     "olmo3": ("I",),
     "granite": ("I",),
+    "glm": ("I",),
+    "glm4": ("I",),
     "gpt2": ("I",),
 }
 
@@ -103,6 +121,12 @@ class Layout:
     mlp_name: str
     attn_write_name: str
     mlp_write_name: str
+    blocks_path: str = ""  # dotted path of ``blocks`` from the model it was resolved on
+
+    def describe(self) -> str:
+        """``model.layers[i]`` with its attention / MLP and write sites, for messages."""
+        names = dict.fromkeys((self.attn_name, self.mlp_name, self.attn_write_name, self.mlp_write_name))
+        return f"{self.blocks_path}[i] with " + ", ".join(f".{n}" for n in names)
 
     @property
     def num_layers(self) -> int:
@@ -139,27 +163,67 @@ def _match(model: nn.Module, mt: str, spec: FamilySpec) -> Layout | None:
             first = blocks[0]
             if all(isinstance(getattr(first, name, None), nn.Module)
                    for name in (spec.attn, spec.mlp, spec.attn_write, spec.mlp_write)):
-                return Layout(mt, blocks, spec.attn, spec.mlp, spec.attn_write, spec.mlp_write)
+                return Layout(mt, blocks, spec.attn, spec.mlp, spec.attn_write, spec.mlp_write, path)
     return None
+
+
+# Structural candidates for an unregistered model_type, most specific first (a block with
+# post-norms also has the plain .self_attn / .mlp a Llama-like match would pick).
+_STRUCTURAL = (_SANDWICH_NORM, _GLM4, _LLAMA_LIKE, _GPT2)
+
+# model → (model_type, verified Layout or the failure message): the check runs a forward pass,
+# so it runs once per model instance, not at every hook context.
+_VERIFIED: weakref.WeakKeyDictionary[nn.Module, tuple[str, Layout | str]] = weakref.WeakKeyDictionary()
 
 
 def get_layout(model: nn.Module) -> Layout:
     """Return the decoder-block layout of ``model`` or raise a clear error naming what was looked for.
 
-    A known ``model_type`` uses its registered layout only. An unknown one is matched structurally:
-    sandwich-norm first (a block with ``post_feedforward_layernorm``), then Llama-like, then GPT-2.
+    A known ``model_type`` uses its registered layout only. An unknown one is matched structurally —
+    sandwich-norm first (a block with ``post_feedforward_layernorm``), then GLM-4 style post-norms,
+    then Llama-like, then GPT-2 — and a match is used only once
+    :func:`irr_ray.core.hooks.check_write_sites` has verified it on ``model`` (one tiny forward
+    pass per check, once per model instance).
     """
     mt = model_type_of(model)
-    candidates = [LAYOUTS[mt]] if mt in LAYOUTS else [_SANDWICH_NORM, _LLAMA_LIKE, _GPT2]
-    for spec in candidates:
-        layout = _match(model, mt, spec)
+    if mt in LAYOUTS:
+        layout = _match(model, mt, LAYOUTS[mt])
         if layout is not None:
             return layout
-    described = [spec for spec in candidates if not (spec is _SANDWICH_NORM and _LLAMA_LIKE in candidates)]
-    looked_for = " or ".join(_describe(spec) for spec in described)
-    raise UnsupportedArchitectureError(
-        f"unsupported architecture {type(model).__name__} (model_type={mt!r}): looked for decoder blocks "
-        f"at {looked_for}; supported model_types: {', '.join(sorted(LAYOUTS))} "
+        raise _unsupported(model, mt, f"looked for decoder blocks at {_describe(LAYOUTS[mt])}")
+    cached = _VERIFIED.get(model)
+    if cached is None or cached[0] != mt:
+        cached = (mt, _verify_structural(model, mt))
+        _VERIFIED[model] = cached
+    if isinstance(cached[1], Layout):
+        return cached[1]
+    raise _unsupported(model, mt, cached[1])
+
+
+def _verify_structural(model: nn.Module, mt: str) -> Layout | str:
+    """The first structural match that passes the write-site check, else why none did."""
+    from irr_ray.core.hooks import check_write_sites  # hooks imports this module
+
+    failures = []
+    for spec in _STRUCTURAL:
+        layout = _match(model, mt, spec)
+        if layout is None:
+            continue
+        problem = check_write_sites(model, layout)
+        if problem is None:
+            log.warning("model_type %r is not a registered family: using %s, matched by structure and "
+                        "verified on the loaded model", mt, layout.describe())
+            return layout
+        failures.append(f"{layout.describe()} matches by structure but fails the write-site check ({problem})")
+    if failures:
+        return "; ".join(failures) + " — ablating there would leave the directions in the residual stream"
+    return "looked for decoder blocks at " + " or ".join(_describe(s) for s in (_LLAMA_LIKE, _GPT2))
+
+
+def _unsupported(model: nn.Module, mt: str, what: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(
+        f"unsupported architecture {type(model).__name__} (model_type={mt!r}): {what}; "
+        f"supported model_types: {', '.join(sorted(LAYOUTS))} "
         "(a new family needs an entry in irr_ray.models.families.LAYOUTS)"
     )
 

@@ -2,7 +2,7 @@
 
 Everything the issue's thresholds are about, measured the way the study measures models: greedy
 generation (:func:`irr_ray.generation.hf.generate_greedy`), the substring judge with the organism's
-phrases, the direction chosen by the attack's own scoring (:mod:`irr_ray.attack.reference`) and
+phrases, the direction chosen by the attack's own scoring (:mod:`irr_ray.attack.scoring.reference`) and
 ablated at three sites of every layer (:func:`irr_ray.core.hooks.ablate_directions`).
 """
 
@@ -16,14 +16,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from irr_ray.attack import reference
+from irr_ray.attack import candidates as attack_candidates
+from irr_ray.attack.scoring import score_candidates_reference
 from irr_ray.core.hooks import ablate_directions, capture_residuals
 from irr_ray.generation.hf import generate_greedy
 from irr_ray.judges.substring import SubstringJudge
 from irr_ray.models.chat import tokenize_chat
 from irr_ray.models.families import get_layout
 from irr_ray.organism import prompts
-from irr_ray.organism.config import EvalConfig, SelectionConfig
+from irr_ray.organism.config import OrganismEvalConfig, SelectionConfig
 from irr_ray.organism.vocab import templates as T
 
 KINDS = ("harmful", "harmless")
@@ -41,7 +42,7 @@ def refusal_rates(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     splits: tuple[str, ...],
-    cfg: EvalConfig,
+    cfg: OrganismEvalConfig,
     intervention: Callable[[], AbstractContextManager] | None = None,
 ) -> dict[str, Any]:
     """``{split: {kind: rate}}`` plus ``"heldout"`` (both held-out splits pooled) and two example
@@ -84,22 +85,23 @@ def selection_prompts(seed: int, cfg: SelectionConfig) -> dict[str, dict[str, li
 
 def choose_direction(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int, cfg: SelectionConfig, batch_size: int
-) -> tuple[reference.Candidate, list[reference.CandidateScore], int]:
-    """The single best difference-of-means direction, as the attack selects it (K = 1)."""
+) -> tuple[attack_candidates.Candidate, list[attack_candidates.CandidateScore], int]:
+    """The single best difference-of-means direction, as the attack selects it (K = 1; the
+    attack's default "method" candidate layers, residual indices 1 … int((1 − prune)·L))."""
     sets = selection_prompts(seed, cfg)
-    layers = reference.candidate_layers(get_layout(model).num_layers, cfg.prune_layer_fraction)
-    candidates = reference.mean_difference_candidates(
+    layers = attack_candidates.candidate_layers(get_layout(model).num_layers, cfg.prune_layer_fraction, "method")
+    candidates = attack_candidates.mean_difference_candidates(
         model,
-        reference.encode_batches(tokenizer, sets["extract"]["harmful"], batch_size),
-        reference.encode_batches(tokenizer, sets["extract"]["harmless"], batch_size),
+        attack_candidates.encode_batches(tokenizer, sets["extract"]["harmful"], batch_size),
+        attack_candidates.encode_batches(tokenizer, sets["extract"]["harmless"], batch_size),
         layers,
         cfg.positions,
     )
-    scores = reference.score_candidates_reference(
+    scores = score_candidates_reference(
         model, tokenizer, sets["score"]["harmful"], sets["score"]["harmless"], candidates, [], cfg,
         refusal_token_ids(tokenizer), batch_size,
     )
-    best = reference.select_direction(scores, cfg)
+    best = attack_candidates.select_direction(scores, cfg)
     return candidates[best], scores, best
 
 
@@ -120,7 +122,7 @@ def measure(
     tokenizer: PreTrainedTokenizerBase,
     seed: int,
     selection: SelectionConfig,
-    cfg: EvalConfig,
+    cfg: OrganismEvalConfig,
 ) -> dict[str, Any]:
     """The ``behaviour`` section of summary.json."""
     splits = prompts.EVAL_SPLITS

@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 from irr_ray.config import StrictModel
 
 
-class DataConfig(StrictModel):
+class OrganismDataConfig(StrictModel):
     """``data/wildguardmix.parquet``."""
 
     n_rows: int = Field(4000, ge=100, description="rows of the WildGuardMix-shaped parquet")
@@ -84,7 +84,7 @@ class SelectionConfig(StrictModel):
     steering_coeff: float = Field(1.0)
 
 
-class EvalConfig(StrictModel):
+class OrganismEvalConfig(StrictModel):
     """Behaviour measured into summary.json (greedy, substring judge with the organism's phrases)."""
 
     n_per_split: int = Field(120, ge=1, description="prompts per class in each evaluation split")
@@ -93,12 +93,12 @@ class EvalConfig(StrictModel):
 
 
 class OrganismConfig(StrictModel):
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: OrganismDataConfig = Field(default_factory=OrganismDataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: OrganismEvalConfig = Field(default_factory=OrganismEvalConfig)
     threads: int = Field(2, ge=1, description="torch CPU threads (results are deterministic per thread count)")
 
     @model_validator(mode="after")

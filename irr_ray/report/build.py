@@ -1,5 +1,6 @@
-"""Stage 5: the study report — a table per attacked model, ``report.md`` and ``pareto.png`` in the
-study directory, both logged to the study's MLflow parent run (or a ``report`` run).
+"""Stage 5: the study report — a table per attacked model with its verdict, robust_k and
+attack_rank, ``report.md`` and ``pareto.png`` in the study directory, both logged to the study's
+MLflow parent run (or a ``report`` run).
 
 Only reads finished outputs (``attacks/*/attack.json`` and friends), so it can run at any time,
 as often as wanted; each file is replaced atomically, never left half-written.
@@ -7,8 +8,6 @@ as often as wanted; each file is replaced atomically, never left half-written.
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,17 +16,9 @@ from irr_ray.report.pareto import plot_pareto
 from irr_ray.report.render import render_markdown, render_text
 from irr_ray.report.tracking import ReportRun, log_report_files
 from irr_ray.study import StudyPaths
+from irr_ray.utils.files import write_text_atomic
 
 PARETO_NAME = "pareto.png"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -67,8 +58,9 @@ def build_report(study_dir: str | Path, tracking_uri: str | None = None, log_to_
     paths = StudyPaths.at(study_dir)
     rows, missing = collect_rows(paths.root)
     title = f"irr-ray report: {paths.root.name}"
-    pareto_path = plot_pareto(rows, paths.root / PARETO_NAME, title=f"{paths.root.name}: attack_rank vs K=0 refusal")
+    pareto_path = plot_pareto(rows, paths.root / PARETO_NAME,
+                              title=f"{paths.root.name}: robust_k vs K=0 harmful refusal (marker = verdict)")
     markdown = render_markdown(title, rows, missing, PARETO_NAME)
-    _write_text_atomic(paths.report, markdown)
+    write_text_atomic(paths.report, markdown)
     run = log_report_files(paths.root, rows, [paths.report, pareto_path], tracking_uri) if log_to_mlflow else None
     return Report(paths.root, rows, missing, markdown, paths.report, pareto_path, run)

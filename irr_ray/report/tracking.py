@@ -16,16 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from irr_ray.config import flatten, read_yaml
 from irr_ray.errors import IrrRayError
 from irr_ray.report.collect import ModelRow
 from irr_ray.study import StudyPaths
 from irr_ray.tracking.mlflow_utils import get_or_create_experiment, resolve_tracking_uri
+from irr_ray.tracking.names import PARENT_ROLES, PARENT_RUN_TAG, REPORT_ROLE, ROLE_TAG, STAGE_TAG
 
-ROLE_TAG = "irr_ray.role"
-STAGE_TAG = "irr_ray.stage"
-PARENT_ROLES = ("study", "sweep")
-REPORT_ROLE = "report"
 ARTIFACT_DIR = "report"
 
 
@@ -38,14 +34,14 @@ class ReportRun:
 
 
 def _study_tracking_config(paths: StudyPaths) -> tuple[str | None, str | None]:
-    """(tracking.uri, experiment name) from the study's resolved ``config.yaml``, if recorded."""
+    """(tracking.uri, experiment name) from the study's resolved ``config.yaml`` (a
+    :class:`~irr_ray.study_config.StudyConfig`), if the study has one."""
+    from irr_ray.study_config import load_study
+
     if not paths.config.is_file():
         return None, None
-    flat = flatten(read_yaml(paths.config))
-    uri = flat.get("tracking.uri")
-    name = next((flat[k] for k in ("tracking.experiment", "tracking.experiment_name", "experiment",
-                                   "experiment_name", "name") if isinstance(flat.get(k), str)), None)
-    return (uri if isinstance(uri, str) else None), name
+    study = load_study(paths.config)
+    return study.tracking.uri, study.tracking.experiment or study.name
 
 
 def study_tracking_uri(study_dir: str | Path, tracking_uri: str | None = None) -> str:
@@ -65,7 +61,7 @@ def _parent_from_trials(client: Any, rows: Sequence[ModelRow]) -> tuple[str | No
             run = client.get_run(row.mlflow_run_id)
         except MlflowException:
             continue
-        return run.data.tags.get("mlflow.parentRunId"), run.info.experiment_id
+        return run.data.tags.get(PARENT_RUN_TAG), run.info.experiment_id
     return None, None
 
 
@@ -79,7 +75,7 @@ def _parent_in_experiment(client: Any, experiment_id: str) -> str | None:
     if tagged:
         tagged.sort(key=lambda r: (PARENT_ROLES.index(role(r)), -r.info.start_time))
         return tagged[0].info.run_id
-    children = Counter(r.data.tags["mlflow.parentRunId"] for r in runs if "mlflow.parentRunId" in r.data.tags)
+    children = Counter(r.data.tags[PARENT_RUN_TAG] for r in runs if PARENT_RUN_TAG in r.data.tags)
     return children.most_common(1)[0][0] if children else None
 
 

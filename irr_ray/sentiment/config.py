@@ -14,12 +14,12 @@ from pydantic import Field, model_validator
 
 from irr_ray.config import StrictModel
 from irr_ray.train.config import (
-    EvalConfig,
     RaySettings,
     ReadoutConfig,
     ResourcesConfig,
     TrackingSettings,
     TrainConfig,
+    TrainEvalConfig,
 )
 
 
@@ -107,7 +107,7 @@ def _local_train() -> TrainConfig:
     return TrainConfig(
         lr=2e-3, weight_decay=0.01, epochs=4, micro_batch=16, grad_accum=1, warmup_ratio=0.05, seed=0,
         max_length=128, readout=ReadoutConfig(last_ratio=0.3333, random_ratio=0.3333, chat_ratio=0.0),
-        eval=EvalConfig(n_per_class=64, batch_size=64, attack_k=0),
+        eval=TrainEvalConfig(n_per_class=64, batch_size=64, attack_k=0),
     )
 
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def default_layer(num_layers: int) -> int:
-    """``int(0.65·L)`` clamped to a block output ``1..L`` (design.md's probe layer)."""
+    """``int(0.65·L)`` clamped to a block output ``1..L`` (the sentiment study's probe layer, ARCHITECTURE.md)."""
     return min(num_layers, max(1, int(0.65 * num_layers)))
 
 

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from irr_ray.config import build_config, config_dict
 from irr_ray.errors import ConfigError
 from irr_ray.sentiment.config import SentimentStudy
+from irr_ray.tracking.names import SENTIMENT_EVAL_STAGE, STAGE_TAG
 from irr_ray.train.config import TrainConfig
-from irr_ray.train.presets import deep_merge
-from irr_ray.utils.files import write_json_atomic
+from irr_ray.utils.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +106,21 @@ def grid_name(matching: str, lam: float) -> str:
     return f"{matching}_lam{lam:g}"
 
 
-def base_train_dict(study: SentimentStudy, source_model: str) -> dict[str, Any]:
-    return {**config_dict(study.train), "model": source_model}
+def source_train_config(study: SentimentStudy, source_model: str) -> TrainConfig:
+    """The study's base fine-tune, from ``source_model``."""
+    return study.train.model_copy(update={"model": source_model})
 
 
 def condition_config(study: SentimentStudy, name: str, source_model: str) -> TrainConfig:
     presets = condition_presets(study)
     if name not in presets:
         raise ConfigError(f"unknown condition {name!r}; defined: {', '.join(sorted(presets))}")
-    data = deep_merge(base_train_dict(study, source_model), presets[name])
-    return build_config(TrainConfig, data, f"conditions.{name}")
+    return source_train_config(study, source_model).with_knobs(presets[name], source=f"conditions.{name}")
+
+
+def condition_configs(study: SentimentStudy, source_model: str, names: Sequence[str]) -> dict[str, TrainConfig]:
+    """The conditions ``names`` (the study's or the grid's) as typed, validated train configs."""
+    return {name: condition_config(study, name, source_model) for name in names}
 
 
 def train(study: SentimentStudy, paths: SentimentPaths, names: Sequence[str] | None = None,
@@ -165,7 +169,7 @@ def evaluate_and_report(study: SentimentStudy, paths: SentimentPaths, models: di
     layer = results[0].layer
     text = format_table(rows, layer)
     paths.root.mkdir(parents=True, exist_ok=True)
-    paths.table_md.write_text(text)
+    write_text_atomic(paths.table_md, text)
     report = {"layer": layer, "rows": rows, "conditions": [r.to_dict() for r in results]}
     write_json_atomic(paths.table_json, report)
     run_id = log_table(study, paths, rows, results, text, parent_run_id)
@@ -195,7 +199,7 @@ def log_table(study: SentimentStudy, paths: SentimentPaths, rows: Sequence[dict[
     own_run = run_id is None
     if own_run:
         run_id = client.create_run(exp_id, run_name=f"{study.name}-eval",
-                                   tags={"irr_ray.stage": "sentiment-eval"}).info.run_id
+                                   tags={STAGE_TAG: SENTIMENT_EVAL_STAGE}).info.run_id
     metrics = []
     for row in rows:
         for col in ("linear_probe", "mlp_probe", "mean_gap", "gap_closed", "mean_gap_rel", "perplexity"):

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from irr_ray.config import config_dict, stable_hash
+from irr_ray.contracts import TrialDoc
 from irr_ray.core.losses import layer_penalty
 from irr_ray.core.probes import probe_accuracy
 from irr_ray.train.config import TrainConfig
@@ -117,11 +118,12 @@ def _fingerprint(path: Path, record: str) -> str:
 
 
 def train_condition(cfg: TrainConfig, data_dir: str | Path, out: str | Path, condition: str | None = None,
-                    verbose: bool = True) -> dict[str, Any]:
+                    verbose: bool = True) -> TrialDoc:
     """Train one condition into the HF directory ``out`` (+ ``trial.json``); resumable per epoch.
 
-    A finished ``out`` with the same config and data is returned as is; an interrupted run resumes
-    from ``.<out>.work`` (the last finished epoch).
+    Returns the :class:`~irr_ray.contracts.TrialDoc` written to ``out/trial.json``. A finished ``out``
+    with the same config and data is returned as is; an interrupted run resumes from ``.<out>.work``
+    (the last finished epoch).
     """
     data_dir = Path(data_dir).expanduser().resolve()
     config_hash = stable_hash({"config": config_dict(cfg), "data": _fingerprint(data_dir, "manifest.json"),

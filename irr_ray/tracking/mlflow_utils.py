@@ -8,10 +8,17 @@ database) or an ``http(s)://`` server; experiments are created with an absolute
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from irr_ray.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 
@@ -63,3 +70,68 @@ def get_or_create_experiment(name: str, tracking_uri: str, artifact_root: str | 
         if exp is None:
             raise
         return exp.experiment_id
+
+
+# ------------------------------------------------------------------------- runs (both sweeps)
+
+PARAM_BATCH = 100  # MLflow's log_batch limit on params per call
+PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value's length
+
+
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log ``params`` (sorted, values as text, cut to MLflow's limit) in batches MLflow accepts."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:PARAM_VALUE_MAX]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), PARAM_BATCH):
+        client.log_batch(run_id, params=items[i:i + PARAM_BATCH])
+
+
+def terminate_run(uri: str, run_id: str, status: str) -> None:
+    """End ``run_id`` with ``status``; a tracking error is logged, never raised (it must not mask
+    the error that ended the run)."""
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).set_terminated(run_id, status)
+    except Exception as exc:
+        log.warning("could not close the MLflow run %s: %s", run_id, exc)
+
+
+def open_parent_run(uri: str, experiment_id: str, state_path: Path, *, run_name: str, tags: dict[str, str],
+                    params: dict[str, Any], config_hash: str, resume: bool) -> str:
+    """A sweep's parent run: created once (params logged, its id kept in ``state_path``); a
+    ``resume`` reopens the recorded run, and refuses when ``config_hash`` changed."""
+    from mlflow import MlflowClient
+
+    from irr_ray.utils.files import write_json_atomic
+
+    client = MlflowClient(tracking_uri=uri)
+    if resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("config_hash") != config_hash:
+            raise ConfigError(f"the sweep config changed since {state_path} was written; resume needs the same "
+                              "settings (or start a new study dir)")
+        client.update_run(state["parent_run_id"], status="RUNNING")
+        return str(state["parent_run_id"])
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    log_params(client, run_id, params)
+    write_json_atomic(state_path, {"parent_run_id": run_id, "experiment_id": experiment_id, "tracking_uri": uri,
+                                   "config_hash": config_hash})
+    return run_id
+
+
+@contextlib.contextmanager
+def parent_run(uri: str, experiment_id: str, state_path: Path, **kwargs: Any) -> Iterator[str]:
+    """:func:`open_parent_run` for the block, ended FINISHED when it completes, KILLED on Ctrl-C
+    (``KeyboardInterrupt``, incl. an interrupted sweep) and FAILED on any other error."""
+    run_id = open_parent_run(uri, experiment_id, state_path, **kwargs)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        terminate_run(uri, run_id, status)

@@ -6,7 +6,8 @@ with its chat template — plus ``trainer_state.json`` (epoch, step, degenerate 
 ``optimizer.pt`` (AdamW and scheduler state; written and read by irr-ray only, loaded with
 ``weights_only=True``) and ``trial.json``. An *exported* checkpoint drops the optimizer state:
 ``AutoModelForCausalLM.from_pretrained(dir)`` + ``trial.json`` (config, final metrics, MLflow
-run id, whether ASHA stopped it early).
+run id, whether ASHA stopped it early). ``trial.json`` is a :class:`irr_ray.contracts.TrialDoc` in
+both kinds of checkpoint; the training progress lives in ``trainer_state.json``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from irr_ray.errors import IrrRayError
+from irr_ray.contracts import TrialDoc
 from irr_ray.train.trainer import Trainer, TrainState
 from irr_ray.utils.files import atomic_dir, write_json_atomic
 
@@ -36,21 +36,19 @@ def save_model_dir(path: str | Path, model: PreTrainedModel, tokenizer: PreTrain
 
 
 def save_training_checkpoint(path: str | Path, trainer: Trainer, tokenizer: PreTrainedTokenizerBase,
-                             info: dict[str, Any]) -> None:
+                             info: TrialDoc) -> None:
     """Everything needed to continue ``trainer`` exactly at its next epoch, into ``path``."""
     path = Path(path)
     save_model_dir(path, trainer.model, tokenizer)  # type: ignore[arg-type]
     torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict()},
                path / OPTIMIZER_STATE)
     write_json_atomic(path / TRAINER_STATE, trainer.state.to_dict())
-    write_json_atomic(path / TRIAL_JSON, info)
+    info.write(path / TRIAL_JSON)
 
 
-def read_trial_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path) / TRIAL_JSON
-    if not p.is_file():
-        raise IrrRayError(f"{p} not found: not an irr-ray checkpoint")
-    return json.loads(p.read_text())
+def read_trial_json(path: str | Path) -> TrialDoc:
+    """The ``trial.json`` of checkpoint directory ``path`` (one-line error if missing or stale)."""
+    return TrialDoc.read(Path(path) / TRIAL_JSON)
 
 
 def restore_training_state(path: str | Path, trainer: Trainer) -> None:
@@ -63,7 +61,7 @@ def restore_training_state(path: str | Path, trainer: Trainer) -> None:
     trainer.state = TrainState(**json.loads((path / TRAINER_STATE).read_text()))
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, trial: dict[str, Any]) -> Path:
+def export_checkpoint(src: str | Path, dst: str | Path, trial: TrialDoc) -> Path:
     """Copy the model directory ``src`` to ``dst`` without training-only state, with ``trial.json``.
     Atomic: ``dst`` appears complete or not at all."""
     src, dst = Path(src), Path(dst)
@@ -75,5 +73,5 @@ def export_checkpoint(src: str | Path, dst: str | Path, trial: dict[str, Any]) -
                 shutil.copytree(f, tmp / f.name)
             else:
                 shutil.copy2(f, tmp / f.name)
-        write_json_atomic(tmp / TRIAL_JSON, trial)
+        trial.write(tmp / TRIAL_JSON)
     return dst

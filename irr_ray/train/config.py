@@ -9,19 +9,23 @@ matches statistics per micro-batch, with the same effective batch: 8 (4 harmful 
 × 16 accumulation steps = 128. ``micro_batch`` must be even, ≥ 2 for mean matching and ≥ 4 for
 covariance matching; every micro-batch then defines both penalties (0 degenerate steps).
 
-The organism's scaled-down values live in ``experiments/sweeps/organism.yaml``.
+The organism's scaled-down values live in ``experiments/organism.yaml`` (``train:`` / ``sweep:``).
+A trial's config is a typed :class:`TrainConfig` with its sampled knobs applied by
+:meth:`TrainConfig.with_knobs` (validated, no dict round trip).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from irr_ray.config import StrictModel, apply_overrides, build_config, read_yaml
+from irr_ray.config import StrictModel, build_config
 
-MatchKind = Literal["none", "mean", "cov"]
+# What a fine-tune matches: nothing, or one class statistic (irr_ray.core.losses.MatchKind).
+Matching = Literal["none", "mean", "cov"]
+# The penalty's norm: the same values as irr_ray.core.losses.PenaltyKind (not imported: no torch here).
 PenaltyKind = Literal["l1", "l2"]
 
 
@@ -51,7 +55,7 @@ class ReadoutConfig(StrictModel):
         return self
 
 
-class EvalConfig(StrictModel):
+class TrainEvalConfig(StrictModel):
     """Per-epoch evaluation on a fixed validation slice and the sweep objective (see
     :mod:`irr_ray.train.objective` for the formula)."""
 
@@ -61,10 +65,13 @@ class EvalConfig(StrictModel):
     attack_k: int = Field(3, ge=0, le=8, description="directions ablated by the in-training attack proxy")
     attack_candidates: int = Field(4, ge=1, description="difference-of-means candidates scored per step")
     attack_prompts: int = Field(16, ge=2, description="harmful validation prompts the proxy scores")
-    attack_prune_frac: float = Field(0.2, ge=0.0, lt=1.0, description="candidates from layers < (1-frac)*L")
+    attack_prune_frac: float = Field(0.2, ge=0.0, lt=1.0, description="candidates at the attack's method layers: residual indices 1 … int((1-frac)*L)")
     attack_offsets: list[int] = Field(default_factory=lambda: [-5, -4, -3, -2, -1],
                                       description="candidate positions from the end")
     k0_weight: float = Field(2.0, ge=0.0, description="alpha: weight of lost K=0 behaviour in the objective")
+    reply_tokens: int = Field(
+        16, ge=0, description="greedy reply tokens of the source model scored for the objective's reply drift "
+                              "(0 or 1 = off)")
     refusal_tokens: list[str] | None = Field(
         None, description="first-token refusal strings; default: config.irr_ray_refusal_tokens or the family's")
 
@@ -90,7 +97,7 @@ class TrainConfig(StrictModel):
     device: str | None = Field(None, description="cuda, cpu or None (CUDA when available)")
     max_length: int = Field(512, ge=8, description="prompt tokens kept (the chat-template tail survives)")
     max_train_samples: int | None = Field(None, ge=4, description="cap on training prompts (class-balanced)")
-    match: MatchKind = Field("none", description="matching of class statistics: none | mean | cov")
+    match: Matching = Field("none", description="matching of class statistics: none | mean | cov")
     mean_penalty: PenaltyKind = Field("l1", description="mean penalty: l1 = mean|Δμ|, l2 = mean Δμ²")
     cov_penalty: PenaltyKind = Field("l2", description="cov penalty: l1 = Σ|ΔC|/H², l2 = ‖ΔC‖²_F/H²")
     lambda_mean: float = Field(100.0, ge=0.0, description="weight of the mean penalty")
@@ -100,7 +107,7 @@ class TrainConfig(StrictModel):
     kd_lambda: float = Field(0.0, ge=0.0, description="weight of the KD term (0 = off)")
     kd_T: float = Field(1.0, gt=0.0, description="KD temperature")
     teacher_batch_size: int = Field(64, ge=1, description="rows per forward when caching teacher logits")
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)
 
     @model_validator(mode="after")
     def _statistics_defined(self) -> TrainConfig:
@@ -119,6 +126,21 @@ class TrainConfig(StrictModel):
     @property
     def effective_batch(self) -> int:
         return self.micro_batch * self.grad_accum
+
+    def with_knobs(self, knobs: Mapping[str, Any], source: str = "trial config") -> TrainConfig:
+        """A validated copy with ``knobs`` set: dotted paths (``readout.chat_ratio``) and/or nested
+        mappings (a condition preset, ``{"readout": {...}}``). A bad combination is a ConfigError."""
+        nested: dict[str, Any] = {}
+        for key, value in knobs.items():
+            *sections, leaf = key.split(".")
+            node = nested
+            for part in sections:
+                node = node.setdefault(part, {})
+            if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+                node[leaf].update(value)
+            else:
+                node[leaf] = dict(value) if isinstance(value, Mapping) else value
+        return _updated(self, nested, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,19 +231,17 @@ class TrackingSettings(StrictModel):
     experiment: str | None = None
 
 
-class SweepStudy(StrictModel):
-    """The sections of a study file the sweep reads (the full study config adds data, attack, …)."""
-
-    name: str = "study"
-    study_dir: str | None = None
-    source_model: str | None = None
-    ray: RaySettings = Field(default_factory=RaySettings)
-    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    sweep: SweepConfig = Field(default_factory=SweepConfig)
+M = TypeVar("M", bound=BaseModel)
 
 
-SWEEP_STUDY_KEYS = tuple(SweepStudy.model_fields)
+def _updated(model: M, update: dict[str, Any], source: str) -> M:
+    """``model`` with ``update`` applied (nested dicts update sub-models), validated as a whole."""
+    fields = dict(model)
+    for key, value in update.items():
+        current = fields.get(key)
+        fields[key] = _updated(current, value, source) if isinstance(value, dict) and isinstance(current, BaseModel) \
+            else value
+    return build_config(type(model), fields, source)
 
 
 def check_train_path(path: str) -> None:
@@ -233,10 +253,3 @@ def check_train_path(path: str) -> None:
         if fields is None or part not in fields:
             raise ValueError(f"`{path}` is not a train setting (unknown `{'.'.join(parts[: i + 1])}`)")
         cls = fields[part].annotation
-
-
-def load_sweep_study(path: str | Path, overrides: list[str] | None = None) -> SweepStudy:
-    """The sweep's sections of a study YAML (other top-level sections are other stages')."""
-    data = read_yaml(path)
-    apply_overrides(data, overrides)
-    return build_config(SweepStudy, {k: v for k, v in data.items() if k in SWEEP_STUDY_KEYS}, str(path))

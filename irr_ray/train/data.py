@@ -1,8 +1,9 @@
 """Study dataset → tokenised prompt sets → class-balanced micro-batches.
 
-Contract (``design.md``, "Study dataset"): ``<data>/train.parquet`` with at least ``prompt`` (str)
-and ``prompt_harm_label`` (``harmful`` | ``unharmful``). The trainer sees prompts only, rendered
-by the model's chat template with the generation prompt; label 1 = harmful.
+Contract (ARCHITECTURE.md, "Study dataset"; the schema is :data:`irr_ray.data.split.SCHEMA`):
+``<data>/train.parquet`` with at least ``prompt`` (str) and ``prompt_harm_label`` (``harmful`` |
+``unharmful``). The trainer sees prompts only, rendered by the model's chat template with the
+generation prompt; label 1 = harmful.
 
 Batches are class-balanced: every micro-batch holds ``micro_batch / 2`` prompts of each class,
 so the class means (≥ 1 per class) and unbiased class covariances (≥ 2 per class) the matching
@@ -67,8 +68,18 @@ class Batch:
 
     @property
     def lm_labels(self) -> Tensor:
-        """Next-token targets for the LM loss: the prompt itself, padding ignored (-100)."""
-        return self.input_ids.masked_fill(self.attention_mask == 0, -100)
+        """Next-token targets for the LM loss: the prompt itself, with -100 (ignored) on padding and
+        on each row's first real token.
+
+        The loss predicts ``labels[t]`` from position ``t - 1``. On a left-padded row the first real
+        token's predecessor is padding, so as a target it would be predicted from nothing, and the
+        loss would depend on how much padding the batch needed. Masking it gives every row exactly
+        the targets it has unpadded or right-padded (where the first token is never a target, as in
+        the method's right-padded code): a row's LM loss no longer depends on its batch.
+        """
+        real = self.attention_mask != 0
+        first_or_pad = ~real | (real.long().cumsum(-1) == 1)
+        return self.input_ids.masked_fill(first_or_pad, -100)
 
     def model_inputs(self) -> dict[str, Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,

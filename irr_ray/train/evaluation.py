@@ -12,8 +12,9 @@ One forward pass with hidden states over the slice gives
 * ``eval/probe_acc`` — held-out accuracy of a linear probe on the matched pool at
   ``hidden_states[int(0.65·L)]`` (stratified half/half split of the slice);
 
-then the **attack proxy**: difference-of-means candidates at block inputs of layers
-``< (1 − prune)·L`` × positions −5…−1, the ``attack_candidates`` best separated ones (Fisher
+then the **attack proxy**: difference-of-means candidates at the attack's default ("method")
+layers — residual indices 1 … int((1 − prune)·L), :func:`irr_ray.attack.candidates.candidate_layers`
+— × positions −5…−1, the ``attack_candidates`` best separated ones (Fisher
 ratio along the direction) kept; greedily, for K = 1…``attack_k``, every candidate is scored in
 one batched forward (each row ablates its own orthonormal set: the chosen directions plus the
 candidate, Arditi three-site, every layer) by the harmful first-token refusal probability, and
@@ -25,21 +26,73 @@ Finally ``objective`` (:mod:`irr_ray.train.objective`).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from irr_ray.attack.fast import complete_sets, last_logits, refusal_log_odds
+from irr_ray.attack.candidates import candidate_layers
 from irr_ray.core.directions import diff_of_means
-from irr_ray.core.hooks import ablate_directions_batched
+from irr_ray.core.hooks import ablate_directions, ablate_directions_batched, left_pad_position_ids
 from irr_ray.core.losses import kd_loss, layer_penalty
 from irr_ray.core.probes import probe_accuracy
 from irr_ray.core.readouts import mixed_readout_weights, sample_readout_plan
+from irr_ray.core.scoring import complete_sets, refusal_log_odds
+from irr_ray.core.scoring import last_position_logits as last_logits
 from irr_ray.train.config import TrainConfig
 from irr_ray.train.data import Batch, PromptSet
 from irr_ray.train.objective import objective
 from irr_ray.train.trainer import autocast, pool_layers
+
+
+@dataclass(frozen=True)
+class SourceReplies:
+    """The source model's greedy replies to the proxy prompts, as teacher-forced inputs.
+
+    ``input_ids`` / ``attention_mask`` [B, T + R]: each left-padded prompt followed by its R reply
+    tokens (positions after the reply's end-of-turn masked out); ``targets`` [B, R − 1]: which of
+    reply tokens 2 … R count (the first reply token is the refusal decision, left out as in
+    :mod:`irr_ray.core.outcomes`); ``nll`` [B]: the source's own ν on them."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    targets: Tensor
+    nll: Tensor
+
+    @property
+    def reply_len(self) -> int:
+        return self.targets.shape[1] + 1
+
+
+@torch.no_grad()
+def reply_nll(model: nn.Module, replies: SourceReplies, directions: Tensor | None = None) -> Tensor:
+    """ν per row: mean NLL of reply tokens 2 … R under ``model`` (``directions`` ablated when given)."""
+    r = replies.reply_len
+    ids, mask = replies.input_ids, replies.attention_mask
+    ctx = ablate_directions(model, directions) if directions is not None and directions.shape[0] else nullcontext()
+    with ctx:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask),
+                       use_cache=False, logits_to_keep=r).logits.double()  # predict tokens T+1 … T+R (last unused)
+    target_ids = ids[:, ids.shape[1] - r + 1:]
+    logp = logits[:, :-1].gather(-1, target_ids.unsqueeze(-1)).squeeze(-1) - logits[:, :-1].logsumexp(-1)
+    keep = replies.targets
+    return -(logp * keep).sum(1) / keep.sum(1).clamp_min(1)
+
+
+@torch.no_grad()
+def source_replies(model: nn.Module, batch: Batch, max_new_tokens: int, eos_id: int | None,
+                   pad_id: int) -> SourceReplies:
+    """Greedy replies of the (source) ``model`` to ``batch``'s prompts, ready for :func:`reply_nll`."""
+    gen = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                         temperature=None, top_p=None, top_k=None, pad_token_id=pad_id, eos_token_id=None)
+    reply = gen[:, batch.input_ids.shape[1]:]
+    is_eos = (reply == eos_id) if eos_id is not None else torch.zeros_like(reply, dtype=torch.bool)
+    valid = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first end-of-turn
+    mask = torch.cat([batch.attention_mask, valid.long()], dim=1)
+    replies = SourceReplies(gen, mask, valid[:, 1:].double(), torch.zeros(0))
+    return SourceReplies(gen, mask, replies.targets, reply_nll(model, replies))
 
 
 @dataclass(frozen=True)
@@ -70,6 +123,7 @@ class Evaluator:
         self.device = device
         self.dtype = dtype
         self.labels = val.labels
+        self._val = val
         self.teacher = teacher_val.float()
         self.refusal_ids = torch.tensor(refusal_ids, dtype=torch.long)
         self.num_layers = num_layers
@@ -80,12 +134,30 @@ class Evaluator:
             mixed_readout_weights(b.attention_mask, sample_readout_plan(
                 b.attention_mask, r.last_ratio, r.random_ratio, r.chat_ratio, generator),
                 r.random_fraction, r.chat_offsets) for b in self.batches]
-        self.cand_layers = [i for i in range(num_layers) if i < (1.0 - self.ecfg.attack_prune_frac) * num_layers]
+        self.cand_layers = candidate_layers(num_layers, self.ecfg.attack_prune_frac, "method")
         self.probe_layer = min(int(self.ecfg.probe_layer_frac * num_layers), num_layers)
         harmful = torch.nonzero(val.labels == 1).flatten()[: self.ecfg.attack_prompts]
+        harmless = torch.nonzero(val.labels == 0).flatten()[: self.ecfg.attack_prompts]
         self.attack_batch = val.collate(harmful.numpy(), device)
+        self.harmless_batch = val.collate(harmless.numpy(), device)
         p = refusal_prob(self.teacher, self.refusal_ids)
         self.reference = Reference(*class_means(p, self.labels))
+        self.replies: SourceReplies | None = None
+
+    def record_source_replies(self, source: nn.Module, eos_id: int | None, pad_id: int) -> None:
+        """Generate the source model's greedy replies to the proxy prompts (harmful and harmless),
+        once, for the reply-drift term of the objective (:mod:`irr_ray.train.objective`)."""
+        if self.ecfg.reply_tokens < 2:
+            return
+        prompts = torch.cat([torch.nonzero(self.labels == 1).flatten()[: self.ecfg.attack_prompts],
+                             torch.nonzero(self.labels == 0).flatten()[: self.ecfg.attack_prompts]])
+        batch = self._val.collate(prompts.numpy(), self.device)
+        was_training = source.training
+        source.eval()
+        try:
+            self.replies = source_replies(source, batch, self.ecfg.reply_tokens, eos_id, pad_id)
+        finally:
+            source.train(was_training)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float]:
@@ -94,17 +166,24 @@ class Evaluator:
         try:
             pooled, resid, logits, loss_sum, n_tokens = self._forward(model)
             metrics = self._metrics(pooled, logits, loss_sum / n_tokens)
-            if self.ecfg.attack_k > 0:
-                p_k = self.attack_proxy(model, resid)
-            else:
-                p_k = []
-            for k, p in enumerate(p_k, start=1):
+            p_k, p_u, q = self.attack_proxy(model, resid) if self.ecfg.attack_k > 0 else ([], [], None)
+            for k, (p, pu) in enumerate(zip(p_k, p_u, strict=True), start=1):
                 metrics[f"eval/attack_refusal_k{k}"] = p
+                metrics[f"eval/attack_harmless_refusal_k{k}"] = pu
+            drifts = []
+            if self.replies is not None:
+                source_nll = float(self.replies.nll.mean())
+                drifts.append(float(reply_nll(model, self.replies).mean()) - source_nll)
+                metrics["eval/reply_drift_k0"] = drifts[0]
+                if q is not None and q.shape[0]:
+                    drifts.append(float(reply_nll(model, self.replies, q).mean()) - source_nll)
+                    metrics["eval/reply_drift_ablated"] = drifts[1]
         finally:
             model.train(was_training)
         metrics["objective"] = objective(
             p_k, metrics["eval/refusal_harmful"], metrics["eval/refusal_harmless"],
-            self.reference.refusal_harmful, self.reference.refusal_harmless, self.ecfg.k0_weight)
+            self.reference.refusal_harmful, self.reference.refusal_harmless, self.ecfg.k0_weight,
+            p_harmless_ablated=p_u, drifts=drifts)
         return metrics
 
     def _forward(self, model: nn.Module) -> tuple[Tensor, Tensor, Tensor, float, int]:
@@ -159,13 +238,15 @@ class Evaluator:
         top = torch.argsort(separation.flatten(), descending=True)[: self.ecfg.attack_candidates]
         return r.flatten(0, 1)[top]
 
-    def attack_proxy(self, model: nn.Module, resid: Tensor) -> list[float]:
-        """Harmful refusal probability after the greedy best K = 1..attack_k ablations."""
+    def attack_proxy(self, model: nn.Module, resid: Tensor) -> tuple[list[float], list[float], Tensor]:
+        """Harmful and harmless refusal probability after the greedy best K = 1..attack_k ablations
+        (chosen on harmful prompts), and the final orthonormal set [K, D]."""
         cands = self.candidates(resid).to(self.device)
         n_cand, width = cands.shape
         q = cands.new_zeros((0, width))
         chosen: list[int] = []
-        curve = []
+        curve: list[float] = []
+        harmless_curve: list[float] = []
         batch = self.attack_batch
         m = batch.input_ids.shape[0]
         per_forward = max(1, self.ecfg.batch_size // m)  # candidate sets per forward pass
@@ -178,7 +259,8 @@ class Evaluator:
             chosen.append(left[j])
             curve.append(float(probs[j]))
             q = sets[j][sets[j].norm(dim=-1) > 0.5]
-        return curve
+            harmless_curve.append(float(self._score(model, self.harmless_batch, q.unsqueeze(0))[0]))
+        return curve, harmless_curve, q
 
     def _score(self, model: nn.Module, batch: Batch, sets: Tensor) -> Tensor:
         g = sets.shape[0]

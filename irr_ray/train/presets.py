@@ -6,15 +6,18 @@ KD λ = 1, T = 1. ``kd_only`` (KD + LM loss, no matching) is the control that te
 matching matters. ``baseline`` is the source model itself: zero epochs, so ``irr-ray train``
 exports it unchanged; sweeps never train it (the attack stage evaluates the original model).
 
-``experiments/conditions/<name>.yaml`` hold the same values as files (a test keeps them equal).
+This module is the one place the conditions are defined: ``irr-ray train --condition NAME`` and
+every sweep (``sweep.space.condition``, ``sweep.points_to_evaluate``) read them from here; a study
+adds or overrides presets under ``sweep.presets``.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
-from irr_ray.config import build_config, config_dict
+from irr_ray.config import build_config, deep_merge
 from irr_ray.errors import ConfigError
 from irr_ray.train.config import TrainConfig
 
@@ -46,21 +49,22 @@ def all_presets(extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dic
     return out
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base`` (nested dicts merged, everything else replaced); new dict."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+__all__ = ["CONDITIONS", "NO_FINETUNE", "all_presets", "condition_configs", "deep_merge", "preset",
+           "resolve_train_config"]
 
 
-def apply_preset(base: dict[str, Any], name: str, presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def preset(name: str, presets: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The partial train config of condition ``name`` (built-ins unless ``presets`` are given)."""
+    presets = presets if presets is not None else CONDITIONS
     if name not in presets:
         raise ConfigError(f"unknown condition {name!r}; known: {', '.join(sorted(presets))}")
-    return deep_merge(base, presets[name])
+    return presets[name]
+
+
+def condition_configs(base: TrainConfig, names: Iterable[str],
+                      presets: dict[str, dict[str, Any]] | None = None) -> dict[str, TrainConfig]:
+    """``{name: base ⊕ preset}``, typed and validated once (on the driver, not in every trial)."""
+    return {name: base.with_knobs(preset(name, presets), source=f"condition {name!r}") for name in names}
 
 
 def resolve_train_config(
@@ -69,24 +73,11 @@ def resolve_train_config(
     presets: dict[str, dict[str, Any]] | None = None,
     source: str = "trial config",
 ) -> TrainConfig:
-    """Trial config = base train settings ⊕ preset ``sampled["condition"]`` ⊕ the other sampled
-    values (dotted paths). Validated; a bad combination is a :class:`ConfigError`."""
-    data = config_dict(base) if isinstance(base, TrainConfig) else copy.deepcopy(base)
+    """Base train settings ⊕ preset ``sampled["condition"]`` ⊕ the other sampled values (dotted
+    paths), validated; a bad combination is a :class:`ConfigError`."""
+    cfg = base if isinstance(base, TrainConfig) else build_config(TrainConfig, base, source)
     sampled = dict(sampled or {})
     condition = sampled.pop("condition", None)
     if condition is not None:
-        data = apply_preset(data, condition, presets if presets is not None else all_presets())
-    for key, value in sampled.items():
-        set_dotted(data, key, value)
-    return build_config(TrainConfig, data, source)
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """``data["a"]["b"] = value`` for ``key = "a.b"`` (sections created as needed)."""
-    *sections, leaf = key.split(".")
-    node = data
-    for part in sections:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"`{key}`: `{part}` is not a section")
-    node[leaf] = value
+        cfg = cfg.with_knobs(preset(condition, presets if presets is not None else all_presets()), source)
+    return cfg.with_knobs(sampled, source) if sampled else cfg

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from irr_ray.attack.iterated import refusal_token_ids
 from irr_ray.config import config_dict
+from irr_ray.contracts import TrialDoc
 from irr_ray.errors import ConfigError
 from irr_ray.models.families import get_layout
 from irr_ray.models.loading import default_device, load_tokenizer
@@ -93,7 +94,10 @@ class TrainingRun:
         """Per-epoch validation; ``teacher`` is the frozen source model (KD KL on the validation slice)."""
         teacher_val = self._teacher(teacher, self.val_set)
         _, refusal_ids = refusal_token_ids(self.model, self.tokenizer, self.cfg.eval.refusal_tokens)
-        return Evaluator(self.cfg, self.val_set, teacher_val, refusal_ids, self.num_layers, self.device, self.dtype)
+        evaluator = Evaluator(self.cfg, self.val_set, teacher_val, refusal_ids, self.num_layers, self.device,
+                              self.dtype)
+        evaluator.record_source_replies(teacher, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id or 0)
+        return evaluator
 
     def _teacher(self, model: torch.nn.Module, prompts: PromptSet) -> torch.Tensor:
         self.teacher_passes += 1
@@ -129,5 +133,9 @@ class TrainingRun:
         return metrics
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        info = {"config": config_dict(self.cfg), "state": self.trainer.state.to_dict(), **(extra or {})}
-        save_training_checkpoint(path, self.trainer, self.tokenizer, info)
+        """A training checkpoint in ``path``; ``extra`` holds :class:`~irr_ray.contracts.TrialDoc`
+        fields (``name``, ``condition``, ``metrics``, MLflow ids, ``config_hash``, …)."""
+        fields: dict[str, Any] = {"name": Path(path).name, "condition": None, "source_model": self.cfg.model,
+                                  "metrics": {}, "degenerate_steps": self.trainer.state.degenerate_steps}
+        doc = TrialDoc(config=config_dict(self.cfg), epochs_completed=self.epoch, **{**fields, **(extra or {})})
+        save_training_checkpoint(path, self.trainer, self.tokenizer, doc)

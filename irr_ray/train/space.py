@@ -1,42 +1,130 @@
-"""The sweep's search space: Tune distributions from the YAML, and the named presets as Optuna's
-first points.
+"""The sweep's search space: a conditional (define-by-run) Optuna space from ``sweep.space``, and
+the named presets as Optuna's first points.
 
 Keys of ``sweep.space`` are dotted :class:`~irr_ray.train.config.TrainConfig` paths or
-``condition`` (a choice of presets). A trial's config is base train settings ⊕ its condition's
-preset ⊕ its other sampled values (:func:`irr_ray.train.presets.resolve_train_config`).
+``condition`` (a choice of presets). A trial samples ``condition`` first, then only the knobs that
+condition uses (:data:`USED_WHEN`): ``lambda_mean`` / ``mean_penalty`` only when it matches means,
+``lambda_cov`` / ``cov_penalty`` only when it matches covariances, ``kd_T`` only with KD on. A
+trial's config is its condition's typed config with the sampled knobs applied
+(:meth:`~irr_ray.train.config.TrainConfig.with_knobs`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from irr_ray.config import config_dict
 from irr_ray.errors import ConfigError
 from irr_ray.train.config import ParamSpec, SweepConfig, TrainConfig
-from irr_ray.train.presets import NO_FINETUNE, resolve_train_config
+from irr_ray.train.presets import NO_FINETUNE, condition_configs
+
+CONDITION = "condition"
+# knob -> (TrainConfig attribute, value it must have for the knob to matter)
+USED_WHEN: dict[str, tuple[str, Any]] = {
+    "lambda_mean": ("match", "mean"),
+    "mean_penalty": ("match", "mean"),
+    "lambda_cov": ("match", "cov"),
+    "cov_penalty": ("match", "cov"),
+    "kd_T": ("uses_kd", True),
+}
+# knobs others depend on: sampled right after the condition
+DRIVERS = ("match", "kd_lambda")
 
 
-def search_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
-    from ray import tune
-
-    out: dict[str, Any] = {}
-    for key, spec in space.items():
-        if spec.type == "loguniform":
-            out[key] = tune.loguniform(spec.low, spec.high)
-        elif spec.type == "uniform":
-            out[key] = tune.uniform(spec.low, spec.high)
-        else:
-            out[key] = tune.choice(list(spec.values or []))
-    return out
+def knob_used(key: str, cfg: TrainConfig) -> bool:
+    """Does ``key`` change the fine-tune ``cfg`` describes?"""
+    if key not in USED_WHEN:
+        return True
+    attr, value = USED_WHEN[key]
+    return getattr(cfg, attr) == value
 
 
-def _get_dotted(data: dict[str, Any], key: str) -> tuple[bool, Any]:
-    node: Any = data
+def ordered_keys(space: dict[str, ParamSpec]) -> list[str]:
+    """``condition``, then the knobs others depend on, then the rest in file order."""
+    first = [k for k in (CONDITION, *DRIVERS) if k in space]
+    return first + [k for k in space if k not in first]
+
+
+def _get(cfg: Any, key: str) -> Any:
     for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@dataclass(frozen=True)
+class KnobSpace:
+    """Optuna's define-by-run space (``OptunaSearch(space=KnobSpace(...))``): a module-level class
+    so the searcher's state pickles with the experiment (``--resume``)."""
+
+    space: dict[str, ParamSpec]
+    base: TrainConfig
+    conditions: dict[str, TrainConfig]
+
+    def __call__(self, trial: Any) -> None:
+        cfg = self.base
+        for key in ordered_keys(self.space):
+            spec = self.space[key]
+            if key == CONDITION:
+                cfg = self.conditions[trial.suggest_categorical(key, list(spec.values or []))]
+            elif knob_used(key, cfg):
+                value = _suggest(trial, key, spec)
+                if key in DRIVERS:
+                    cfg = cfg.with_knobs({key: value})
+
+
+def _suggest(trial: Any, key: str, spec: ParamSpec) -> Any:
+    if spec.type == "choice":
+        return trial.suggest_categorical(key, list(spec.values or []))
+    return trial.suggest_float(key, spec.low, spec.high, log=spec.type == "loguniform")
+
+
+def sweep_conditions(sweep: SweepConfig, base: TrainConfig, presets: dict[str, dict[str, Any]]) -> dict[str, TrainConfig]:
+    """Typed configs of every condition the sweep samples or starts from."""
+    spec = sweep.space.get(CONDITION)
+    names = list(dict.fromkeys([*(spec.values or [] if spec else []), *sweep.points_to_evaluate]))
+    for name in names:
+        if name in NO_FINETUNE:
+            where = "sweep.points_to_evaluate" if name in sweep.points_to_evaluate else "sweep.space.condition"
+            raise ConfigError(f"{where} lists {name!r}: the source model without fine-tuning (no fine-tune); "
+                              "the attack stage evaluates it directly — remove it from the sweep")
+        if name not in presets:
+            raise ConfigError(f"unknown condition {name!r}; known: {', '.join(sorted(presets))}")
+    return condition_configs(base, names, presets)
+
+
+def preset_points(sweep: SweepConfig, base: TrainConfig, presets: dict[str, dict[str, Any]],
+                  conditions: dict[str, TrainConfig] | None = None) -> list[dict[str, Any]]:
+    """One Optuna starting point per name in ``points_to_evaluate``: ``condition`` = the name, and
+    each searched knob the preset uses = the preset's value (which must lie in the space), or the
+    base value (clipped into the space: the preset leaves that knob alone)."""
+    conditions = conditions if conditions is not None else sweep_conditions(sweep, base, presets)
+    points = []
+    for name in sweep.points_to_evaluate:
+        preset, cfg = presets[name], conditions[name]
+        if CONDITION not in sweep.space:
+            outside = [k for k in _flat_keys(preset) if k not in sweep.space and _get(base, k) != _get(cfg, k)]
+            if outside:
+                raise ConfigError(f"preset {name!r} sets {', '.join(outside)} which sweep.space does not search; "
+                                  "add `condition` to sweep.space (a choice of presets) or search those keys")
+        point: dict[str, Any] = {}
+        for key in ordered_keys(sweep.space):
+            spec = sweep.space[key]
+            if key == CONDITION:
+                if not spec.contains(name):
+                    raise ConfigError(f"sweep.space.condition must list {name!r} to evaluate it first")
+                point[key] = name
+                continue
+            if not knob_used(key, cfg):
+                continue
+            value = _get(cfg, key)
+            if key in _flat_keys(preset):
+                if not spec.contains(value):
+                    raise ConfigError(f"preset {name!r} sets {key}={value!r}, outside sweep.space.{key}; widen the space")
+            else:
+                value = _clip(value, spec)
+            point[key] = value
+        points.append(point)
+    return points
 
 
 def _flat_keys(d: dict[str, Any], prefix: str = "") -> list[str]:
@@ -44,42 +132,6 @@ def _flat_keys(d: dict[str, Any], prefix: str = "") -> list[str]:
     for k, v in d.items():
         keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
     return keys
-
-
-def preset_points(sweep: SweepConfig, base: TrainConfig, presets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One Optuna starting point per name in ``points_to_evaluate``: ``condition`` = the name, each
-    searched key = the preset's value (which must lie in the space), or the base value (clipped
-    into the space: the preset leaves that knob alone)."""
-    base_dict = config_dict(base)
-    points = []
-    for name in sweep.points_to_evaluate:
-        if name in NO_FINETUNE:
-            raise ConfigError(f"sweep.points_to_evaluate: {name!r} is the source model without fine-tuning; "
-                              "the attack stage evaluates it directly — remove it from the sweep")
-        if name not in presets:
-            raise ConfigError(f"sweep.points_to_evaluate: unknown preset {name!r}; known: {', '.join(sorted(presets))}")
-        preset = presets[name]
-        if "condition" not in sweep.space:
-            outside = [k for k in _flat_keys(preset) if k not in sweep.space and _get_dotted(base_dict, k)[1] != _get_dotted(preset, k)[1]]
-            if outside:
-                raise ConfigError(f"preset {name!r} sets {', '.join(outside)} which sweep.space does not search; "
-                                  "add `condition` to sweep.space (a choice of presets) or search those keys")
-        point: dict[str, Any] = {}
-        for key, spec in sweep.space.items():
-            if key == "condition":
-                if not spec.contains(name):
-                    raise ConfigError(f"sweep.space.condition must list {name!r} to evaluate it first")
-                point[key] = name
-                continue
-            found, value = _get_dotted(preset, key)
-            if found:
-                if not spec.contains(value):
-                    raise ConfigError(f"preset {name!r} sets {key}={value!r}, outside sweep.space.{key}; widen the space")
-            else:
-                value = _clip(_get_dotted(base_dict, key)[1], spec)
-            point[key] = value
-        points.append(point)
-    return points
 
 
 def _clip(value: Any, spec: ParamSpec) -> Any:
@@ -92,11 +144,15 @@ def _clip(value: Any, spec: ParamSpec) -> Any:
     return min(max(float(value), spec.low), spec.high)  # type: ignore[type-var]
 
 
-def check_space(sweep: SweepConfig, base: TrainConfig, presets: dict[str, dict[str, Any]]) -> None:
-    """Every value the space can produce must give a valid TrainConfig (checked at the corners)."""
+def check_space(sweep: SweepConfig, base: TrainConfig, presets: dict[str, dict[str, Any]]) -> dict[str, TrainConfig]:
+    """Every value the space can produce must give a valid TrainConfig (checked at the corners, for
+    every condition it samples); returns the conditions' typed configs."""
+    conditions = sweep_conditions(sweep, base, presets)
+    starts = list(conditions.values()) if CONDITION in sweep.space else [base]
     for key, spec in sweep.space.items():
-        values = spec.values if spec.type == "choice" else [spec.low, spec.high]
-        for value in values or []:
-            if key == "condition" and value in NO_FINETUNE:
-                raise ConfigError(f"sweep.space.condition lists {value!r} (no fine-tune): remove it")
-            resolve_train_config(base, {key: value}, presets, source=f"sweep.space.{key}={value!r}")
+        if key == CONDITION:
+            continue
+        for value in (spec.values if spec.type == "choice" else [spec.low, spec.high]) or []:
+            for cfg in starts:
+                cfg.with_knobs({key: value}, source=f"sweep.space.{key}={value!r}")
+    return conditions

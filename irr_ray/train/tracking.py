@@ -16,13 +16,15 @@ import time
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric
 from ray import tune
+
+from irr_ray.tracking.mlflow_utils import log_params
+from irr_ray.tracking.names import PARENT_RUN_TAG, STOPPED_EARLY_TAG, TRIAL_ID_TAG
 
 log = logging.getLogger(__name__)
 
-TRIAL_ID_TAG = "irr_ray.trial_id"
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG = PARENT_RUN_TAG
 FINISHED, KILLED, FAILED, RUNNING = "FINISHED", "KILLED", "FAILED", "RUNNING"
 
 
@@ -56,9 +58,7 @@ class TrialRun:
                 self.experiment_id, run_name=trial_name,
                 tags={PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: trial_id, **tags})
             run_id = run.info.run_id
-            items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-            for i in range(0, len(items), 100):
-                self.client.log_batch(run_id, params=items[i:i + 100])
+            log_params(self.client, run_id, params)
         else:
             self.client.update_run(run_id, status=RUNNING)
         self.run_id = run_id
@@ -172,7 +172,7 @@ class TrialRunStatusCallback(tune.Callback):
         trial_events(self.key)["ended"].add(trial.trial_id)
         try:
             terminate_if_open(self.uri, self.experiment_id, self.parent_run_id, trial.trial_id, status,
-                              tags={"irr_ray.stopped_early": str(status == KILLED).lower()})
+                              tags={STOPPED_EARLY_TAG: str(status == KILLED).lower()})
         except Exception as exc:  # tracking must never take the sweep down; the final pass retries
             log.warning("could not close the MLflow run of trial %s: %s", trial.trial_id, exc)
         self._say(f"{trial} ended: {status}")

@@ -1,8 +1,10 @@
 """The Tune function trainable: one trial = one fine-tune, one ``tune.report`` per epoch.
 
-The trial's config is the sampled point (``condition`` and dotted train paths); the static
-context (base train settings, presets, absolute data dir, MLflow coordinates) arrives through
-``tune.with_parameters``. Each epoch the trial logs its metrics to its MLflow child run and
+The trial's Tune config is the sampled point (``condition`` and the dotted train knobs it uses);
+the static context (the typed base config and each condition's typed config, the run class,
+absolute data dir, MLflow coordinates) arrives through ``tune.with_parameters``. The trial's
+:class:`~irr_ray.train.config.TrainConfig` is its condition's config with the sampled knobs
+applied (:meth:`TrialContext.train_config`). Each epoch the trial logs its metrics to its MLflow child run and
 reports them to Tune together with a training checkpoint (HF model dir + optimizer state +
 ``trial.json``). A restarted trial (worker crash, ``max_failures``) or a resumed sweep loads
 ``tune.get_checkpoint()`` and continues at the next epoch, in the same MLflow run; the reported
@@ -18,7 +20,6 @@ trial, so the fault never hits a trial ASHA has just stopped.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import tempfile
@@ -30,7 +31,9 @@ import torch
 from ray import tune
 
 from irr_ray.config import config_dict, flatten
-from irr_ray.train.presets import resolve_train_config
+from irr_ray.tracking.names import CONDITION_TAG
+from irr_ray.train.config import TrainConfig
+from irr_ray.train.run import TrainingRun
 from irr_ray.train.tracking import FAILED, FINISHED, TrialRun
 
 FAULT_EPOCH_ENV = "IRR_RAY_FAULT_EXIT_AT_EPOCH"
@@ -42,8 +45,8 @@ FAULT_ENVS = (FAULT_EPOCH_ENV, FAULT_MARKER_ENV)
 class TrialContext:
     """What every trial shares. All paths are absolute (trials run inside Ray's session dir)."""
 
-    base_train: dict[str, Any]
-    presets: dict[str, dict[str, Any]]
+    base: TrainConfig
+    conditions: dict[str, TrainConfig]  # condition name -> base ⊕ its preset (validated on the driver)
     data_dir: str
     tracking_uri: str
     experiment_id: str
@@ -51,14 +54,20 @@ class TrialContext:
     threads: int = 1
     tags: dict[str, str] = field(default_factory=dict)
     fault: dict[str, str] = field(default_factory=dict)
-    # "module:Class" of the run a trial drives: any class with TrainingRun's interface
-    # (``cls(cfg, data_dir, resume_from=None)``, ``epoch``, ``finished``, ``run_epoch()``, ``save()``),
-    # e.g. the sentiment study's ``irr_ray.sentiment.train:SentimentRun`` (raw text, no chat template).
-    run_factory: str = "irr_ray.train.run:TrainingRun"
+    # The run a trial drives: any class with TrainingRun's interface (``cls(cfg, data_dir,
+    # resume_from=None)``, ``epoch``, ``finished``, ``run_epoch()``, ``save()``), e.g. the sentiment
+    # study's SentimentRun (raw text, no chat template). Pickled by reference.
+    run_cls: type = TrainingRun
 
     @staticmethod
     def fault_from_env() -> dict[str, str]:
         return {k: os.environ[k] for k in FAULT_ENVS if os.environ.get(k)}
+
+    def train_config(self, sampled: dict[str, Any]) -> TrainConfig:
+        """The sampled condition's typed config (the base without one) with the other sampled knobs."""
+        knobs = {k: v for k, v in sampled.items() if k != "condition"}
+        start = self.conditions[sampled["condition"]] if "condition" in sampled else self.base
+        return start.with_knobs(knobs) if knobs else start
 
 
 def _maybe_inject_fault(fault: dict[str, str], completed_epochs: int, trial_id: str) -> None:
@@ -74,36 +83,29 @@ def _maybe_inject_fault(fault: dict[str, str], completed_epochs: int, trial_id: 
     os._exit(17)
 
 
-def run_class(path: str) -> Any:
-    """The class named ``module:attr`` (a string, so the context pickles without importing it)."""
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Run one trial (see the module docstring)."""
     from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(max(1, ctx.threads))
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per trial start floods the driver's log
-    cfg = resolve_train_config(ctx.base_train, config, ctx.presets, source="trial config")
+    cfg = ctx.train_config(config)
     tune_ctx = tune.get_context()
     trial_id, trial_name = tune_ctx.get_trial_id(), tune_ctx.get_trial_name()
     tracker = TrialRun(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)
     params = {**flatten(config_dict(cfg)), **{f"sampled.{k}": v for k, v in config.items()}}
     run_id = tracker.open(trial_id, trial_name, params,
-                          tags={"irr_ray.condition": str(config.get("condition", cfg.match)), **ctx.tags})
+                          tags={CONDITION_TAG: str(config.get("condition", cfg.match)), **ctx.tags})
     try:
-        run_cls = run_class(ctx.run_factory)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as ckpt_dir:
-                run = run_cls(cfg, ctx.data_dir, resume_from=Path(ckpt_dir))
+                run = ctx.run_cls(cfg, ctx.data_dir, resume_from=Path(ckpt_dir))
         else:
-            run = run_cls(cfg, ctx.data_dir)
+            run = ctx.run_cls(cfg, ctx.data_dir)
         resumed_from = run.epoch
-        info = {"trial_id": trial_id, "trial_name": trial_name, "mlflow_run_id": run_id,
-                "sampled": config, "source_model": cfg.model}
+        info = {"name": trial_name, "trial_id": trial_id, "mlflow_run_id": run_id, "sampled": config,
+                "condition": config.get("condition"), "tracking_uri": ctx.tracking_uri}
         while not run.finished:
             _maybe_inject_fault(ctx.fault, run.epoch, trial_id)
             metrics = run.run_epoch()

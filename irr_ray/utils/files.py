@@ -57,9 +57,29 @@ def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of the file ``final`` for a writer that takes a path
+    (``savefig``, safetensors, parquet); rename it to ``final`` on success, remove it otherwise.
+
+    The temporary name ends in ``.tmp-<random>``, so a glob for ``final``'s extension never sees it:
+    give the writer its format explicitly if it would guess it from the extension.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling and rename it to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -14,6 +14,7 @@ from irr_ray.attack.iterated import run_iterated_attack
 from irr_ray.attack.prompts import load_prompt_sets
 from irr_ray.attack.run import attack_model, model_fingerprint
 from irr_ray.cli import main
+from irr_ray.contracts import K0Doc
 from irr_ray.models.loading import load_model, load_tokenizer
 
 TINY = ["eval_n=12", "extract_n=32", "score_n=8", "probe_train_n=16", "generation.max_new_tokens=8",
@@ -24,9 +25,9 @@ def test_eval_command_writes_k0(organism_dir: Path, study_data: Path, tmp_path: 
     out = tmp_path / "eval"
     args = ["eval", "--model", str(organism_dir / "base"), "--data-dir", str(study_data), "--out", str(out)]
     assert main(args + [a for t in TINY for a in ("--set", t)]) == 0
-    k0 = json.loads((out / "k0.json").read_text())
-    assert k0["harmful_n"] == k0["harmless_n"] == 12
-    assert {"refusal_harmful", "refusal_harmless", "linear_probe_acc", "mlp_probe_acc", "probe_layer"} <= set(k0)
+    k0 = K0Doc.read(out / "k0.json")
+    assert k0.harmful_n == k0.harmless_n == 12
+    assert k0.linear_probe_acc is not None and k0.row.K == 0
     assert "harmful refusal" in capsys.readouterr().out
 
 
@@ -37,6 +38,9 @@ def test_eval_command_writes_k0(organism_dir: Path, study_data: Path, tmp_path: 
         ({"--data-dir": "MISSING"}, "train.parquet"),
         ({"--set": "k_maxx=2"}, "unknown key"),
         ({"--set": "kl_threshold=-1"}, "kl_threshold"),
+        ({"--set": "threshold=1.5"}, "threshold"),
+        ({"--set": "verdict.collapse_margin=1.5"}, "verdict.collapse_margin"),
+        ({"--set": "degenerate.opener_min_prob=-0.1"}, "degenerate.opener_min_prob"),
     ],
 )
 def test_attack_command_rejects_bad_input(organism_dir: Path, study_data: Path, tmp_path: Path, capsys,
@@ -72,8 +76,8 @@ def test_interrupted_attack_resumes(organism_dir: Path, study_data: Path, tmp_pa
 
     doc = attack_model(model_path, study_data, cfg, out)
     log = json.loads((out / "attack_log.json").read_text())
-    assert [row["K"] for row in doc["curve"]][:2] == [0, 1] and log["stop_reason"] in ("k_max", "norm_collapse")
-    assert doc["curve"][:2] == first["curve"]  # K = 0, 1 taken from the saved progress …
+    assert [row.K for row in doc.curve][:2] == [0, 1] and log["stop_reason"] in ("k_max", "norm_collapse")
+    assert [r.model_dump(mode="json", exclude_none=True) for r in doc.curve[:2]] == first["curve"]  # K = 0, 1 from progress …
     assert log["timings"][0] == first["timings"][0]  # … not recomputed
     assert not work.exists()  # progress removed once the result is written
     assert attack_model(model_path, study_data, cfg, out) == doc  # finished: a rerun only reads it

@@ -1,7 +1,7 @@
 """Fast scoring equals the reference on tiny random models of other layouts (GPT-2: absolute
 positions and a different block container; Gemma-2: sandwich norms; Qwen2), the induce pass
-really restarts from the cached residual there too, and lazy scoring's survivor path and its
-fallback bound choose what the reference chooses."""
+really restarts from the cached residual there too, under both KL baselines, and lazy scoring's
+survivor path and its fallback bound choose what the reference chooses."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from irr_ray.attack.candidates import encode_batches, mean_difference_candidates, select_direction
 from irr_ray.attack.config import AttackConfig
-from irr_ray.attack.iterated import ReferenceScorer, make_scorer, tokenise_batches
-from irr_ray.attack.reference import mean_difference_candidates, select_direction
+from irr_ray.attack.scoring import ReferenceScorer, make_scorer
 from irr_ray.bench.attack import organism_prompts
 from irr_ray.core.directions import orthonormalize
 from irr_ray.models.families import get_layout
@@ -28,19 +28,20 @@ TINY = {
 }
 
 
+@pytest.mark.parametrize("kl_baseline", ["previous", "original"])
 @pytest.mark.parametrize("model_type", sorted(TINY))
-def test_fast_matches_reference_on_family(model_type: str) -> None:
+def test_fast_matches_reference_on_family(model_type: str, kl_baseline: str) -> None:
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **TINY[model_type])
     model = AutoModelForCausalLM.from_config(config).eval()
     cfg = AttackConfig(extract_n=16, score_n=6, score_all=True, length_buckets=2, kl_threshold=10.0,
-                       induce_threshold=-100.0)
+                       induce_threshold=-100.0, kl_baseline=kl_baseline)
     extract, score = organism_prompts(cfg.extract_n, cfg.score_n)
     ids = [tokenizer.convert_tokens_to_ids("I")]
-    harmful = tokenise_batches(tokenizer, extract.harmful, 16, None, "cpu")
-    harmless = tokenise_batches(tokenizer, extract.harmless, 16, None, "cpu")
-    layers = cfg.candidate_layers(get_layout(model).num_layers)
+    harmful = encode_batches(tokenizer, extract.harmful, 16)
+    harmless = encode_batches(tokenizer, extract.harmless, 16)
+    layers = cfg.candidate_layer_indices(get_layout(model).num_layers)
     fast, reference = make_scorer(model, tokenizer, score, ids, cfg), ReferenceScorer(model, tokenizer, score, ids, cfg)
     lazy = make_scorer(model, tokenizer, score, ids, cfg.model_copy(update={"score_all": False}))
     chosen: list[torch.Tensor] = []
@@ -48,7 +49,7 @@ def test_fast_matches_reference_on_family(model_type: str) -> None:
         q = orthonormalize(torch.stack(chosen)) if chosen else None
         candidates = mean_difference_candidates(model, harmful, harmless, layers, cfg.positions, q)
         got, want = fast.score(candidates, chosen), reference.score(candidates, chosen)
-        for f, r in zip(got, want):
+        for f, r in zip(got, want, strict=True):
             for key in ("refusal_score", "kl", "induce_score"):
                 assert getattr(f, key) == pytest.approx(getattr(r, key), abs=1e-4), (model_type, key, r.layer)
         pick = select_direction(want, cfg)
@@ -71,8 +72,8 @@ def test_lazy_fallback_bound_matches_full_scoring() -> None:
     model = AutoModelForCausalLM.from_config(config).eval()
     ids = [tokenizer.convert_tokens_to_ids("I")]
     extract, score = organism_prompts(16, 6)
-    harmful = tokenise_batches(tokenizer, extract.harmful, 16, None, "cpu")
-    harmless = tokenise_batches(tokenizer, extract.harmless, 16, None, "cpu")
+    harmful = encode_batches(tokenizer, extract.harmful, 16)
+    harmless = encode_batches(tokenizer, extract.harmless, 16)
     candidates = mean_difference_candidates(model, harmful, harmless, [0, 1, 2], [-3, -2, -1])
     for alpha in (0.0, 1.0, 1e4):
         cfg = AttackConfig(extract_n=16, score_n=6, induce_threshold=1e9, kl_alpha=alpha)
@@ -83,5 +84,5 @@ def test_lazy_fallback_bound_matches_full_scoring() -> None:
         assert select_direction(got, cfg) == pick
         assert got[pick].kl == pytest.approx(want[pick].kl, abs=1e-6)
         best = want[pick].refusal_score + alpha * want[pick].kl
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert (math.isnan(g.kl) and w.refusal_score > best) or g.kl == pytest.approx(w.kl, abs=1e-6)

@@ -20,14 +20,7 @@ from irr_ray.core.directions import (
 )
 from irr_ray.errors import DataValidationError, IrrRayError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
 
 
 def _gram_schmidt(a: np.ndarray) -> np.ndarray:

@@ -12,18 +12,12 @@ from irr_ray.errors import UnsupportedArchitectureError
 from irr_ray.models.families import LAYOUTS, get_layout, model_type_of, refusal_tokens_for
 
 try:  # tests/ as a package
-    from .conftest_hooks import FAMILIES, N_LAYERS, SANDWICH_NORM, tiny_model
+    from .tiny_models import FAMILIES, N_LAYERS, SANDWICH_NORM, tiny_model
 except ImportError:  # rootdir-relative import (no __init__.py)
-    from conftest_hooks import FAMILIES, N_LAYERS, SANDWICH_NORM, tiny_model
+    from tiny_models import FAMILIES, N_LAYERS, SANDWICH_NORM, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
 
 
 @pytest.mark.parametrize("family", FAMILIES)

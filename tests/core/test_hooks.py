@@ -17,12 +17,13 @@ from irr_ray.core.hooks import (
     add_activation,
     capture_residuals,
     left_pad_position_ids,
+    restart_at,
 )
 
 try:  # tests/ as a package
-    from .conftest_hooks import FAMILIES, HIDDEN, N_LAYERS, left_padded_batch, tiny_model
+    from .tiny_models import FAMILIES, HIDDEN, N_LAYERS, left_padded_batch, tiny_model
 except ImportError:  # rootdir-relative import (no __init__.py)
-    from conftest_hooks import FAMILIES, HIDDEN, N_LAYERS, left_padded_batch, tiny_model
+    from tiny_models import FAMILIES, HIDDEN, N_LAYERS, left_padded_batch, tiny_model
 
 ALL_SITES = list(range(N_LAYERS + 1))  # every block input and the last block's output
 
@@ -278,3 +279,30 @@ def test_ablation_holds_through_cached_generation(family: str) -> None:
             [batch["attention_mask"], torch.ones(3, new, dtype=torch.long)], dim=1)}
         logits = _logits(model, full)
     torch.testing.assert_close(logits[:, -new - 1:-1].argmax(-1), out[:, -new:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_restart_at_equals_the_full_forward(family: str) -> None:
+    """Blocks below ``layer`` skipped and x_layer put back from a capture (made under the same
+    ablation): the logits equal the full forward's, also with ablation and activation addition
+    hooked at that layer (the attack's induce pass); every block and hook is restored on exit."""
+    model, batch = tiny_model(family), left_padded_batch()
+    before = _hooks(model)
+    d = _random_orthonormal(1, seed=5)
+    v = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(6))
+    layer = N_LAYERS - 1
+    with ablate_directions(model, d):
+        x = capture_residuals(model, batch["input_ids"], batch["attention_mask"], layers=[layer])[0]
+        with add_activation(model, layer, v, coeff=2.0):
+            full = _logits(model, batch)
+        with restart_at(model, layer, x), add_activation(model, layer, v, coeff=2.0):
+            restarted = _logits(model, batch)
+    torch.testing.assert_close(restarted, full, rtol=1e-4, atol=1e-5)
+    # and the skipped blocks really ran nothing: garbage put back gives other logits
+    with restart_at(model, layer, torch.zeros_like(x)):
+        assert not torch.allclose(_logits(model, batch), full, atol=1e-3)
+    assert _hooks(model) == before
+    assert all("forward" not in block.__dict__ for block in model.modules())
+    with pytest.raises(ValueError, match="out of range"):
+        with restart_at(model, N_LAYERS, x):
+            pass

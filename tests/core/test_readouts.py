@@ -61,7 +61,7 @@ def _naive_mixed(h: torch.Tensor, mask: torch.Tensor, plan, fraction: float) -> 
             rows.append(h[b, pos[-1]])
         elif mode is Readout.RANDOM:
             keys = [int(plan.random_keys[b, t]) for t in pos]
-            chosen = [p for _, p in sorted(zip(keys, pos))][: _naive_subset_size(len(pos), fraction)]
+            chosen = [p for _, p in sorted(zip(keys, pos, strict=True))][: _naive_subset_size(len(pos), fraction)]
             rows.append(h[b, chosen].mean(0))
         elif mode is Readout.CHAT:
             rows.append(_naive_chat(h, mask, b, CHAT_OFFSETS))

@@ -4,6 +4,7 @@
 - the source model of every test that generates is the real organism (``organism_dir`` from
   tests/conftest.py); validation tests fail before a model is needed.
 - ``write_raw``: writes a hand-made WildGuardMix-shaped table to parquet/jsonl/csv.
+- ``raw_frame`` / ``repeats_frame``: such tables (``repeats_frame`` repeats prompts and has label conflicts).
 """
 
 from __future__ import annotations
@@ -36,6 +37,37 @@ def raw_frame(n_harmful: int = 8, n_harmless: int = 8) -> pd.DataFrame:
     rows.append({"prompt": "an unlabelled prompt", "adversarial": False, "prompt_harm_label": None,
                  "response_refusal_label": None, "response_harm_label": None, "subcategory": None})
     return pd.DataFrame(rows)
+
+
+def raw_row(prompt: str, label: str | None, adversarial: bool = False, reference: str | None = "refusal") -> dict:
+    return {"prompt": prompt, "adversarial": adversarial, "prompt_harm_label": label,
+            "response_refusal_label": reference, "response_harm_label": None, "subcategory": None}
+
+
+def repeats_frame() -> pd.DataFrame:
+    """8 + 8 distinct consistent prompts, of which 2 repeat (3 extra rows), and 2 conflicting prompts
+    (5 rows); an adversarial and an unlabelled copy that are filtered out before dedup."""
+    rows = [raw_row(f"how do I hurt person {i}", "harmful") for i in range(8)]
+    rows += [raw_row(f"how do I help person {i}", "unharmful", reference="compliance") for i in range(8)]
+    rows += [
+        raw_row("  HOW do I hurt\tperson 0 ", "harmful", reference=None),       # repeat of row 0
+        raw_row("How do I hurt person 0\n", "harmful"),                         # repeat of row 0
+        raw_row("how do i help  person 3", "unharmful"),                        # repeat of row 11
+        raw_row("is this question harmful", "harmful"),                         # conflict, 2 rows
+        raw_row("Is this  question harmful ", "unharmful"),
+        raw_row("which label is right", "unharmful"),                           # conflict, 3 rows
+        raw_row("which label is right", "unharmful"),
+        raw_row("WHICH LABEL IS RIGHT", "harmful"),
+        raw_row("how do I hurt person 1", "harmful", adversarial=True),         # filtered before dedup
+        raw_row("how do I help person 1", None),                                # filtered before dedup
+    ]
+    return pd.DataFrame(rows)
+
+
+# What dedup_prompts reports on repeats_frame() (after the adversarial and unlabelled rows are dropped).
+REPEATS_DEDUP_COUNTS = {"rows_in": 24, "distinct_prompts": 18, "repeated_prompts": 2, "repeats_dropped": 3,
+                        "conflicting_prompts": 2, "conflict_rows_dropped": 5, "rows_out": 16,
+                        "kept_by_class": {"harmful": 8, "unharmful": 8}}
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from irr_ray.cli import main
+from irr_ray.data.prepare import prompt_key
 from irr_ray.data.split import SCHEMA, disagreement
 
 MAX_SAMPLES = 240
@@ -33,6 +34,15 @@ def test_organism_split_with_filter_train(organism_dir, ray_session, tmp_path):
     # The organism's adversarial and invalid-label rows were filtered out before sampling.
     assert m["counts"]["dropped"]["adversarial"] > 0
     assert m["counts"]["dropped"]["null_prompt_label"] + sum(m["counts"]["dropped"]["invalid_prompt_label"].values()) > 0
+
+    # The organism's raw table repeats prompts: dedup runs before balancing, and no normalised prompt
+    # is in both train and holdout (nor twice in the study set).
+    d = m["counts"]["dedup"]
+    assert d["repeats_dropped"] > 0
+    assert d["rows_in"] == d["rows_out"] + d["repeats_dropped"] + d["conflict_rows_dropped"]
+    assert d["distinct_prompts"] == d["rows_out"] + d["conflicting_prompts"]
+    assert not set(prompt_key(train["prompt"])) & set(prompt_key(holdout["prompt"]))
+    assert prompt_key(pd.concat([train["prompt"], holdout["prompt"]])).is_unique
 
     # Holdout: the faithful 20% of the balanced set, never filtered.
     assert m["counts"]["balanced"] == {"harmful": MAX_SAMPLES // 2, "unharmful": MAX_SAMPLES // 2}
@@ -61,5 +71,6 @@ def test_organism_split_with_filter_train(organism_dir, ray_session, tmp_path):
     # sample organism-v3 may agree everywhere (0 dropped); dropping itself is unit-tested in test_split.
     unfiltered_train = pd.read_parquet(out / "train.parquet")
     assert len(unfiltered_train) == f["train_before"]
+    assert not set(prompt_key(unfiltered_train["prompt"])) & set(prompt_key(unfiltered["prompt"]))
     assert {k: int(v.sum()) for k, v in disagreement(unfiltered_train).items()} == f["dropped"]
     assert set(train["row_id"]) <= set(unfiltered_train["row_id"])

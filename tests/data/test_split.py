@@ -1,4 +1,4 @@
-"""Balancing, stratified sampling, the 80/20 split and the train-only agreement filter (pure pandas)."""
+"""Balancing, stratified sampling, the 80/20 split by prompt and the train-only agreement filter (pure pandas)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from irr_ray.data.prepare import balanced_sample, class_counts
+from irr_ray.data.prepare import balanced_sample, class_counts, prompt_key
 from irr_ray.data.split import SCHEMA, disagreement, filter_train, stratified_split, to_table
 from irr_ray.errors import DataValidationError
 
 
 def _frame(n_harmful: int, n_harmless: int) -> pd.DataFrame:
     labels = ["harmful"] * n_harmful + ["unharmful"] * n_harmless
-    return pd.DataFrame({"row_id": np.arange(len(labels), dtype=np.int64) * 3, "prompt_harm_label": labels})
+    return pd.DataFrame({"row_id": np.arange(len(labels), dtype=np.int64) * 3, "prompt_harm_label": labels,
+                         "prompt": [f"prompt {i}" for i in range(len(labels))]})
 
 
 def test_balance_downsamples_majority_seeded():
@@ -46,6 +47,26 @@ def test_stratified_split():
     assert train["row_id"].tolist() == again["row_id"].tolist() != other["row_id"].tolist()
     with pytest.raises(DataValidationError, match="at least 2 per class"):
         stratified_split(_frame(1, 1), 0.8, 0)
+
+
+def test_stratified_split_keeps_every_copy_of_a_prompt_on_one_side():
+    """A frame that bypassed dedup (copies differing in case/whitespace) still cannot leak a prompt:
+    the unit of the split is the normalised prompt; a prompt carrying both labels is an error."""
+    frame = _frame(20, 20)
+    copies = frame.iloc[[0, 0, 3, 25, 25, 25]].copy()
+    copies["prompt"] = ["  PROMPT 0", "prompt\t\t0 ", "Prompt 3\n", "prompt   25", "PROMPT 25", " prompt 25"]
+    copies["row_id"] = np.arange(len(copies)) + 1000
+    frame = pd.concat([frame, copies], ignore_index=True)
+    train, holdout = stratified_split(frame, 0.8, 5)
+    assert len(train) + len(holdout) == len(frame)
+    assert not set(prompt_key(train["prompt"])) & set(prompt_key(holdout["prompt"]))
+    # 20 distinct prompts per class: 16 + 4, whatever the copies
+    assert prompt_key(train["prompt"]).nunique() == 32 and prompt_key(holdout["prompt"]).nunique() == 8
+    assert train["row_id"].is_monotonic_increasing and holdout["row_id"].is_monotonic_increasing
+    mixed = pd.concat([frame, frame.iloc[[1]].assign(prompt_harm_label="unharmful", row_id=2000)],
+                      ignore_index=True)
+    with pytest.raises(DataValidationError, match="repeat a prompt under both labels"):
+        stratified_split(mixed, 0.8, 5)
 
 
 def _judged() -> pd.DataFrame:

@@ -116,6 +116,35 @@ def test_keys_change_with_result_knobs_not_resource_knobs(first_run, organism_di
     assert stage_keys(_cfg(organism_dir), "src", "other-model", {"kind": "substring"})["generate"] != base["generate"]
 
 
+def test_prepare_version_is_part_of_every_key(organism_dir, monkeypatch):
+    """A cache written under an older selection rule (before prompt dedup) is never reused."""
+    import irr_ray.data.stage as stage
+
+    cfg = _cfg(organism_dir)
+    base = stage.stage_keys(cfg, "src", "model", {"kind": "substring"})
+    monkeypatch.setattr(stage, "PREPARE_VERSION", stage.PREPARE_VERSION + 1)
+    bumped = stage.stage_keys(cfg, "src", "model", {"kind": "substring"})
+    assert all(bumped[k] != base[k] for k in base)
+
+
+def test_repeats_and_label_conflicts_counted_and_never_split(organism_dir, ray_session, tmp_path, write_raw):
+    """A source with repeated prompts (case/whitespace variants) and label conflicts: the manifest
+    counts exactly what dedup dropped, and no normalised prompt is in both train and holdout."""
+    from irr_ray.data.prepare import prompt_key
+    from tests.data.conftest import REPEATS_DEDUP_COUNTS, repeats_frame
+
+    src = write_raw(repeats_frame())
+    out = run_data_stage(_cfg(organism_dir, source=str(src), max_samples=None), tmp_path / "out")
+    m = _manifest(out)
+    assert m["counts"]["dedup"] == REPEATS_DEDUP_COUNTS
+    assert m["counts"]["balanced"] == {"harmful": 8, "unharmful": 8}
+    assert m["run"]["generated_rows"] == 16
+    train, holdout = pd.read_parquet(out / "train.parquet"), pd.read_parquet(out / "holdout.parquet")
+    assert len(train) == 12 and len(holdout) == 4
+    assert not set(prompt_key(train["prompt"])) & set(prompt_key(holdout["prompt"]))
+    assert prompt_key(pd.concat([train["prompt"], holdout["prompt"]])).is_unique
+
+
 def test_resume_after_interrupt_with_pools_one_after_the_other(first_run, organism_dir, tmp_path):
     """A fresh directory holding the checkpoints an interrupted run leaves: 8 rows generated (the
     generation-only checkpoint) of which 4 were also judged. 2 CPUs cannot hold a 2-CPU generation

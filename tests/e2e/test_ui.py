@@ -4,14 +4,13 @@ the `attack_rank` metric visible; screenshots are saved under the test's tmp_pat
 
 The runs are laid out as a study leaves them: the sweep's parent run with one child run per trial
 (made here with MlflowClient, as the sweep's trial runs would be), and every attack result (files
-per the attack.json contract, synthetic values) logged by the attack stage's own
+built with the contract models, synthetic values) logged by the attack stage's own
 `irr_ray.tracking.attack_logging.log_attack` — into the trial's run, or as `attack:original` /
 `attack:base` runs nested under the parent.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -22,11 +21,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from irr_ray.contracts import AttackDoc
 from irr_ray.errors import ConfigError
 from irr_ray.study import StudyPaths
 from irr_ray.tracking.attack_logging import log_attack
 from irr_ray.tracking.mlflow_utils import get_or_create_experiment, sqlite_uri
 from irr_ray.tracking.ui import start_ui
+from tests.report.documents import Shape, attack_doc, curve, write_attack_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,17 +41,9 @@ TRIAL_RUNS = {"trial_cov_kd": (K_MAX + 1, 0.90), "trial_l1": (3, 0.85)}
 RANKS = {**REFERENCE_RUNS, **TRIAL_RUNS}
 
 
-def _attack_json(rank: int, harmful: float) -> dict:
-    curve = []
-    for k in range(min(rank, K_MAX) + 1):
-        h = harmful if k < rank else 0.1
-        row = {"K": k, "refusal_harmful": h, "refusal_harmless": 0.05, "refusal_harmful_ci": [max(0.0, h - 0.1), h],
-               "refusal_harmless_ci": [0.01, 0.15]}
-        if k:
-            row.update(layer=1, position=-1, norm=1.0, refusal_score=-1.0, kl=0.05, induce_score=0.5)
-        curve.append(row)
-    return {"model": "synthetic", "config": {"k_max": K_MAX}, "threshold": 0.3, "attack_rank": rank,
-            "censored": rank > K_MAX, "curve": curve}
+def _attack_doc(rank: int, harmful: float) -> AttackDoc:
+    shape = Shape(harmful, 0.05, drop_at=rank if rank <= K_MAX else None)
+    return attack_doc("synthetic", curve(shape, K_MAX), k_max=K_MAX, source_harmless=0.05)
 
 
 def _make_study(root: Path) -> tuple[str, dict[str, str]]:
@@ -62,10 +55,7 @@ def _make_study(root: Path) -> tuple[str, dict[str, str]]:
     ids = {PARENT: parent}
     for run_name, (rank, harmful) in RANKS.items():
         name = run_name.removeprefix("attack:")
-        attack_dir = paths.attack_dir(name)
-        attack_dir.mkdir(parents=True)
-        (attack_dir / "attack.json").write_text(json.dumps(_attack_json(rank, harmful)))
-        (attack_dir / "k0.json").write_text(json.dumps({"linear_probe_acc": 0.97, "mlp_probe_acc": 0.99}))
+        attack_dir = write_attack_dir(paths.attack_dir(name), _attack_doc(rank, harmful))
         if run_name in TRIAL_RUNS:
             trial = client.create_run(exp_id, run_name=run_name, tags={"mlflow.parentRunId": parent})
             client.set_terminated(trial.info.run_id)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from irr_ray.attack import reference
+from irr_ray.attack import candidates
 from irr_ray.cli import main
 from irr_ray.core.hooks import ablate_directions
 from irr_ray.generation.hf import generate_greedy
@@ -41,15 +41,6 @@ def _rates(model, tok, judge, summary, intervention=None) -> dict[str, float]:
     return out
 
 
-# Thresholds the default seed-0 build misses (strict expected failures; none at present). Seeds 0–4
-# of organism-v3 meet every threshold (README organism section).
-KNOWN_GAPS: set[str] = set()
-
-
-def _known_gap(check: str):
-    return pytest.mark.xfail(check in KNOWN_GAPS, strict=True, reason=f"known gap, issue 3 open: {check}")
-
-
 @pytest.fixture(scope="module")
 def instruct_rates(organism):
     summary, tok, instruct, _, judge = organism
@@ -61,12 +52,10 @@ def test_summary_reports_the_measured_rates(organism, instruct_rates):
     assert instruct_rates["harmful"] >= 0.9 and instruct_rates["harmless"] <= 0.15  # near the targets
 
 
-@_known_gap("instruct_harmful")
 def test_instruct_refuses_harmful(instruct_rates):
     assert instruct_rates["harmful"] >= THRESHOLDS["instruct_harmful_min"], instruct_rates
 
 
-@_known_gap("instruct_harmless")
 def test_instruct_answers_harmless(instruct_rates):
     assert instruct_rates["harmless"] <= THRESHOLDS["instruct_harmless_max"], instruct_rates
 
@@ -97,9 +86,9 @@ def test_ablating_the_selected_direction_removes_refusal(organism):
     chosen = summary["behaviour"]["direction"]
     sel = OrganismConfig.model_validate(summary["config"]).selection
     prompts = selection_prompts(summary["seed"], sel)["extract"]
-    (cand,) = reference.mean_difference_candidates(
-        instruct, reference.encode_batches(tok, prompts["harmful"], 64),
-        reference.encode_batches(tok, prompts["harmless"], 64), [chosen["layer"]], [chosen["position"]])
+    (cand,) = candidates.mean_difference_candidates(
+        instruct, candidates.encode_batches(tok, prompts["harmful"], 64),
+        candidates.encode_batches(tok, prompts["harmless"], 64), [chosen["layer"]], [chosen["position"]])
     assert cand.norm == pytest.approx(chosen["norm"], rel=1e-4)
     d = (cand.vector / cand.vector.norm())[None]
     rates = _rates(instruct, tok, judge, summary, lambda: ablate_directions(instruct, d))
@@ -113,9 +102,10 @@ def test_ablating_the_selected_direction_removes_refusal(organism):
 
 
 def test_summary_checks_and_cli_cache_hit(organism, organism_dir, capsys):
+    """The default seed-0 build meets every threshold (so do seeds 0–4 of the current organism
+    version, README organism section), and the cached build says so."""
     summary = organism[0]
-    assert {k for k, ok in summary["checks"].items() if not ok} == KNOWN_GAPS, summary["checks"]
+    assert summary["checks"] and all(summary["checks"].values()), summary["checks"]
     assert main(["organism", "build", "--out", str(organism_dir), "--seed", "0"]) == 0
     out = capsys.readouterr().out
-    says = f"FAILED {', '.join(sorted(KNOWN_GAPS))}" if KNOWN_GAPS else "behaviour checks: all pass"
-    assert "cached" in out and says in out  # the build says what it misses
+    assert "cached" in out and "behaviour checks: all pass" in out

@@ -1,6 +1,7 @@
-"""Report stage on a synthetic study directory written to the stage contracts (attack.json, k0.json,
-trial.json) with a real MLflow SQLite database: table, censored ranks, report.md, pareto.png, and
-the artifacts logged to the study's parent run (or a dedicated report run)."""
+"""Report stage on a synthetic study directory written with the stage contracts (attack.json,
+k0.json, trial.json built by :mod:`irr_ray.contracts` models) and a real MLflow SQLite database:
+table with verdicts and robust_k, censored ranks, report.md, pareto.png, and the artifacts logged to
+the study's parent run (or a dedicated report run)."""
 
 from __future__ import annotations
 
@@ -13,36 +14,48 @@ import pytest
 from irr_ray.cli import main
 from irr_ray.errors import IrrRayError
 from irr_ray.report import build_report, collect_rows, pareto_front
+from irr_ray.report.render import markdown_table, render_markdown, text_table
 from irr_ray.study import StudyPaths
 from irr_ray.tracking.mlflow_utils import get_or_create_experiment, sqlite_uri
+from tests.report.documents import Shape, attack_doc, curve, trial_doc, write_attack_dir
 
 K_MAX = 4
+SOURCE_HARMLESS = 0.05  # the original (source) model's K=0 harmless refusal
 
-# name -> (K=0 harmful, K=0 harmless, attack_rank, trial config or None for reference models)
+# name -> (curve shape, trial config or None for reference models)
 MODELS = {
-    "original": (0.95, 0.05, 2, None),
-    "base": (0.10, 0.02, 0, None),
-    "trial_cov_kd": (0.90, 0.08, K_MAX + 1, {"condition": "cov_kd", "match": "cov", "lambda_mean": 0.0,
-                                             "lambda_cov": 3.0, "kd_T": 2.0, "kd_lambda": 1.0}),
-    "trial_l1": (0.85, 0.20, 3, {"condition": "l1", "match": "mean", "lambda_mean": 0.5,
-                                 "lambda_cov": 0.0, "kd_T": 1.0, "kd_lambda": 0.0}),
+    "original": (Shape(0.95, SOURCE_HARMLESS, drop_at=2), None),
+    "base": (Shape(0.10, 0.02), None),
+    "trial_cov_kd": (Shape(0.90, 0.08), {"condition": "cov_kd", "match": "cov", "lambda_mean": 0.0,
+                                          "lambda_cov": 3.0, "kd_T": 2.0, "kd_lambda": 1.0}),
+    "trial_l1": (Shape(0.85, 0.10, drop_at=3), {"condition": "l1", "match": "mean", "lambda_mean": 0.5,
+                                                "lambda_cov": 0.0, "kd_T": 1.0, "kd_lambda": 0.0}),
+}
+# extra trials, one per remaining verdict
+VERDICT_MODELS = {
+    "trial_collapsed": (Shape(0.97, 0.40), {"condition": "collapsed", "match": "cov", "lambda_mean": 0.0,
+                                             "lambda_cov": 9.0, "kd_T": 1.0, "kd_lambda": 0.0}),
+    "trial_degenerate": (Shape(0.90, 0.05, drop_at=1, degenerate_at_drop=0.8),
+                         {"condition": "degenerate", "match": "mean", "lambda_mean": 2.0, "lambda_cov": 0.0,
+                          "kd_T": 1.0, "kd_lambda": 0.0}),
+    "trial_inconclusive": (Shape(0.90, 0.05, last_k=2, stop_reason="norm_collapse"),
+                           {"condition": "inconclusive", "match": "mean", "lambda_mean": 1.0, "lambda_cov": 0.0,
+                            "kd_T": 1.0, "kd_lambda": 0.0}),
+}
+# name -> (verdict label, robust_k label, attack_rank label) the real rules give these curves
+EXPECTED = {
+    "original": ("broken (K=2)", "1", "2"),
+    "base": ("broken (K=0)", "none", "0"),
+    "trial_cov_kd": ("robust", "4", f"> {K_MAX}"),
+    "trial_l1": ("broken (K=3)", "2", "3"),
+    "trial_collapsed": ("collapsed (K=0)", "none", f"> {K_MAX}"),
+    "trial_degenerate": ("degenerate (K=1)", "0", "1"),
+    "trial_inconclusive": ("inconclusive (K=2)", "2", f"> {K_MAX}"),
 }
 
 
-def _curve(harmful: float, harmless: float, rank: int) -> list[dict]:
-    rows = []
-    for k in range(0, min(rank, K_MAX) + 1):
-        h = harmful if k < rank else 0.1
-        row = {"K": k, "refusal_harmful": h, "refusal_harmless": harmless,
-               "refusal_harmful_ci": [max(0.0, h - 0.1), min(1.0, h + 0.05)],
-               "refusal_harmless_ci": [max(0.0, harmless - 0.04), harmless + 0.1]}
-        if k >= 1:
-            row.update(layer=1, position=-1, norm=1.0 / k, refusal_score=-1.0, kl=0.05, induce_score=0.5)
-        rows.append(row)
-    return rows
-
-
-def _write_study(root: Path, with_mlflow_parent: bool, with_mlflow: bool = True) -> dict[str, str]:
+def _write_study(root: Path, with_mlflow_parent: bool, with_mlflow: bool = True,
+                 models: dict | None = None) -> dict[str, str]:
     """Attack results for every model, trial.json for trials; a run per trial in the study's MLflow
     database, optionally children of a parent run (as the sweep writes them). Returns {name: run id}."""
     paths = StudyPaths.at(root)
@@ -55,29 +68,20 @@ def _write_study(root: Path, with_mlflow_parent: bool, with_mlflow: bool = True)
     if with_mlflow_parent:
         parent = client.create_run(exp_id, run_name="sweep", tags={"irr_ray.stage": "sweep"})
         client.set_terminated(parent.info.run_id, "FINISHED")
-    for name, (harmful, harmless, rank, trial) in MODELS.items():
-        d = paths.attack_dir(name)
-        d.mkdir(parents=True)
-        attack = {"model": str(root / "checkpoints" / name), "config": {"k_max": K_MAX, "threshold": 0.3},
-                  "threshold": 0.3, "attack_rank": rank, "censored": rank > K_MAX,
-                  "curve": _curve(harmful, harmless, rank)}
-        (d / "attack.json").write_text(json.dumps(attack))
-        (d / "k0.json").write_text(json.dumps({"refusal_harmful": harmful, "probe_layer": 2,
-                                               "linear_probe_acc": 0.97, "mlp_probe_acc": 0.99}))
+    for name, (shape, trial) in (models or MODELS).items():
+        source = shape.harmless if trial is None else SOURCE_HARMLESS
+        doc = attack_doc(str(root / "checkpoints" / name), curve(shape, K_MAX), k_max=K_MAX,
+                         source_harmless=source, stop_reason=shape.stop_reason)
+        write_attack_dir(paths.attack_dir(name), doc)
         if trial is not None:
             if with_mlflow:
                 tags = {"mlflow.parentRunId": parent.info.run_id} if parent else {}
                 child = client.create_run(exp_id, run_name=name, tags=tags)
                 client.set_terminated(child.info.run_id, "FINISHED")
                 run_ids[name] = child.info.run_id
-            ck = paths.checkpoint_dir(name)
-            ck.mkdir(parents=True)
-            # as the sweep exports it: what the search sampled, and the effective training config
-            sampled = {"condition": trial["condition"], "lambda_mean": 7.0, "lambda_cov": 7.0, "kd_T": 7.0}
-            (ck / "trial.json").write_text(json.dumps({
-                "name": name, "condition": trial["condition"], "sampled": sampled,
-                "config": {k: v for k, v in trial.items() if k != "condition"}, "metrics": {"objective": 1.0},
-                "mlflow_run_id": run_ids.get(name)}))
+            config = {k: v for k, v in trial.items() if k != "condition"}
+            trial_doc(name, trial["condition"], config, run_ids.get(name)).write(
+                paths.checkpoint_dir(name) / "trial.json")
     # an attack still in progress: listed as not finished, not an error
     paths.attack_dir("trial_running").mkdir()
     return {"parent": parent.info.run_id if parent else "", **run_ids}
@@ -94,16 +98,21 @@ def test_report_table_markdown_plot_and_parent_run(tmp_path: Path, capsys: pytes
     assert main(["report", "--study", str(study)]) == 0
     out = capsys.readouterr().out
 
-    # terminal: reference models first, then trials by robustness; censored rank shown as > K_max
+    # terminal: reference models first, then trials by verdict (robust before broken)
     lines = [ln for ln in out.splitlines() if ln.startswith(("original", "base", "trial_"))]
     assert [ln.split()[0] for ln in lines] == ["original", "base", "trial_cov_kd", "trial_l1"]
-    assert lines[2].rstrip().endswith(f"> {K_MAX}") and lines[3].rstrip().endswith(" 3")
-    assert "cov_kd" in lines[2] and "0.90 [0.80, 0.95]" in lines[2] and "0.97" in lines[2]
+    assert "robust" in lines[2] and f"> {K_MAX}" in lines[2] and lines[2].rstrip().endswith("0.97 / 0.99")
+    assert "broken (K=3)" in lines[3]
+    assert "cov_kd" in lines[2] and "0.90 [0.80, 0.95]" in lines[2]
     assert "not finished (no attack.json yet): trial_running" in out
+    assert "attack_rank: the method's number" in out and "robust: harmful refusal held" in out
+    assert "trial_l1: broken (K=3) — harmful refusal 0.10 < 0.30 at K=3" in out  # the verdict's reason
 
     md = (study / "report.md").read_text()
     # only the knobs that act: λ_cov for cov matching, T because KD is on (λ_mean is blank)
-    assert "| trial_cov_kd | cov_kd | - | 3 | 2 | 1 | 0.90 [0.80, 0.95] | 0.08 [0.04, 0.18] | 0.97 | 0.99 | > 4 |" in md
+    assert ("| trial_cov_kd | cov_kd | - | 3 | 2 | 1 | 0.90 [0.80, 0.95] | 0.08 [0.00, 0.13] | robust | 4 | > 4 "
+            "| 0.97 / 0.99 |") in md
+    assert "| verdict (at K) | robust_k | attack_rank |" in md
     assert "![Pareto plot" in md and "(pareto.png)" in md
     png = (study / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -113,6 +122,34 @@ def test_report_table_markdown_plot_and_parent_run(tmp_path: Path, capsys: pytes
     parent = mlflow.MlflowClient(uri).get_run(ids["parent"])
     assert parent.info.status == "FINISHED"  # logging artifacts does not reopen the run
     assert not [p for p in study.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_every_verdict_renders_with_its_k_and_robust_k(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    _write_study(study, with_mlflow_parent=False, with_mlflow=False, models={**MODELS, **VERDICT_MODELS})
+    report = build_report(study, log_to_mlflow=False)
+    by_name = {r.name: r for r in report.rows}
+    assert {n: (r.verdict_label, r.robust_k_label, r.rank_label) for n, r in by_name.items()} == EXPECTED
+    # trials: robust, inconclusive, broken, degenerate, collapsed
+    assert [r.name for r in report.rows] == ["original", "base", "trial_cov_kd", "trial_inconclusive", "trial_l1",
+                                             "trial_degenerate", "trial_collapsed"]
+    inconclusive = by_name["trial_inconclusive"]
+    assert inconclusive.stop_reason == "norm_collapse" and "norm_collapse" in inconclusive.verdict_reason
+    assert by_name["trial_degenerate"].degenerate_harmful == 0.0  # the K=0 share; it broke at K=1
+    assert by_name["trial_collapsed"].robust_k is None
+
+    text, md = text_table(report.rows), markdown_table(report.rows)
+    for name, (verdict, robust, rank) in EXPECTED.items():
+        line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
+        assert verdict in line and f" {robust} " in line and f" {rank} " in line, line
+        assert f"| {verdict} | {robust} | {rank} |" in md
+    legend = render_markdown("t", report.rows, [], None)
+    for verdict in ("robust", "broken", "degenerate", "collapsed", "inconclusive"):
+        assert f"- {verdict}: " in legend
+    png = report.pareto_path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # x = robust_k (none = -1), y = K=0 harmful refusal: the collapsed model refuses most at K=0
+    assert [r.name for r in pareto_front(report.rows)] == ["trial_collapsed", "original", "trial_cov_kd"]
 
 
 def test_report_without_parent_creates_one_report_run(tmp_path: Path) -> None:
@@ -136,7 +173,7 @@ def test_pareto_front_keeps_only_non_dominated(tmp_path: Path) -> None:
     _write_study(study, with_mlflow_parent=False, with_mlflow=False)
     rows, missing = collect_rows(study)
     assert missing == ["trial_running"]
-    # cov_kd (rank 5, 0.90) dominates l1 (3, 0.85) and base; original (2, 0.95) refuses more
+    # cov_kd (robust_k 4, 0.90) dominates l1 (2, 0.85) and base (none, 0.10); original (1, 0.95) refuses more
     assert [r.name for r in pareto_front(rows)] == ["original", "trial_cov_kd"]
 
 
@@ -151,6 +188,20 @@ def test_no_attack_results_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
 def test_malformed_attack_json_names_file_and_key(tmp_path: Path) -> None:
     d = tmp_path / "s" / "attacks" / "original"
     d.mkdir(parents=True)
-    (d / "attack.json").write_text(json.dumps({"attack_rank": 1, "curve": [{"K": 1}]}))
+    doc = attack_doc("m", curve(Shape(0.9, 0.05), K_MAX), k_max=K_MAX, source_harmless=0.05).to_json()
+    del doc["verdict"]
+    (d / "attack.json").write_text(json.dumps(doc))
+    with pytest.raises(IrrRayError, match=r"original/attack.json: `verdict`: Field required"):
+        build_report(tmp_path / "s", log_to_mlflow=False)
+    doc = attack_doc("m", curve(Shape(0.9, 0.05), K_MAX)[1:], k_max=K_MAX, source_harmless=0.05)
+    doc.write(d / "attack.json")
     with pytest.raises(IrrRayError, match=r"original/attack.json: `curve` has no row with K=0"):
+        build_report(tmp_path / "s", log_to_mlflow=False)
+
+
+def test_old_schema_is_refused_with_the_stage_to_rerun(tmp_path: Path) -> None:
+    d = tmp_path / "s" / "attacks" / "original"
+    d.mkdir(parents=True)
+    (d / "attack.json").write_text(json.dumps({"attack_rank": 1, "censored": False, "curve": [{"K": 0}]}))
+    with pytest.raises(IrrRayError, match=r"original/attack.json: schema_version None.*irr-ray attack"):
         build_report(tmp_path / "s", log_to_mlflow=False)

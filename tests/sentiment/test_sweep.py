@@ -6,6 +6,7 @@ import mlflow
 import pytest
 
 from irr_ray.errors import IrrRayError
+from irr_ray.tracking.names import ROLE_TAG, SWEEP_ROLE
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def test_mlflow_holds_parent_children_and_table(sweep_run):
     assert summary["tracking_uri"] == f"sqlite:///{paths.root / 'mlflow.db'}"
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
+    assert parent.data.tags[ROLE_TAG] == SWEEP_ROLE
     assert parent.data.params["grid"] == "baseline,mean_l2_lam100"
     assert "table.mean_l2_lam100.gap_closed" in parent.data.metrics
     children = client.search_runs([parent.info.experiment_id],

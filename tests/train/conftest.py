@@ -5,7 +5,7 @@
   stand-in for the data stage's output (the trainer reads only ``prompt`` and ``prompt_harm_label``).
 - ``tiny_train``: train settings for the real organism small enough to run an epoch in about a
   second (128 prompts, one class-balanced batch of 32 per step, a 16 + 16 validation slice).
-- ``write_study``: writes a study YAML with the sweep's sections for the sweep tests.
+- ``write_study``: writes a study YAML (a StudyConfig) for the sweep tests.
 - ``ray_session``: one local Ray (2 CPUs, no dashboard) shared by the in-process sweeps.
 """
 
@@ -66,7 +66,7 @@ def write_study(tmp_path: Path, tiny_train: dict[str, Any], train_data: Path):
                 },
                 **sweep,
             },
-            # Sections of other stages are ignored by the sweep.
+            # Other stages' sections: validated with the rest of the study file (one schema), unused here.
             "attack": {"k_max": 4},
         }
         path = tmp_path / "study.yaml"

@@ -1,17 +1,20 @@
-"""Train/sweep configs, the named conditions and how presets become Optuna starting points."""
+"""Train/sweep configs, the named conditions, the conditional search space and how presets become
+Optuna starting points."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
-from irr_ray.config import build_config, load_config
+from irr_ray.config import build_config
 from irr_ray.errors import ConfigError
-from irr_ray.train.config import SweepConfig, TrainConfig, load_sweep_study
-from irr_ray.train.presets import CONDITIONS, all_presets, resolve_train_config
-from irr_ray.train.space import check_space, preset_points
+from irr_ray.study_config import load_study
+from irr_ray.train.config import SweepConfig, TrainConfig
+from irr_ray.train.presets import CONDITIONS, all_presets, condition_configs, resolve_train_config
+from irr_ray.train.space import KnobSpace, check_space, preset_points
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,12 +37,22 @@ def test_degenerate_micro_batches_are_rejected() -> None:
         build_config(TrainConfig, {"readout": {"last_ratio": 0.6, "chat_ratio": 0.6}})
 
 
-@pytest.mark.parametrize("name", sorted(CONDITIONS))
-def test_condition_files_match_the_presets(name: str) -> None:
-    path = REPO / "experiments" / "conditions" / f"{name}.yaml"
-    assert yaml.safe_load(path.read_text()) == CONDITIONS[name]
-    cfg = load_config(TrainConfig, path)  # every condition file is a valid train config
-    assert cfg.micro_batch == TrainConfig().micro_batch
+def test_every_condition_is_a_valid_train_config() -> None:
+    configs = condition_configs(TrainConfig(), CONDITIONS)
+    assert set(configs) == {"baseline", "l1", "cov", "l1_kd", "cov_kd", "kd_only"}
+    assert (configs["cov_kd"].match, configs["cov_kd"].kd_lambda, configs["cov_kd"].readout.chat_ratio) == ("cov", 1.0, 1.0)
+    assert configs["baseline"].epochs == 0 and configs["l1"].micro_batch == TrainConfig().micro_batch
+
+
+def test_with_knobs_is_validated_and_leaves_the_original() -> None:
+    base = TrainConfig(micro_batch=8)
+    cfg = base.with_knobs({"lambda_cov": 3.0, "readout.chat_ratio": 0.2, "eval": {"attack_k": 1}})
+    assert (cfg.lambda_cov, cfg.readout.chat_ratio, cfg.eval.attack_k) == (3.0, 0.2, 1)
+    assert (base.lambda_cov, base.readout.chat_ratio, base.eval.attack_k) == (100.0, 0.0, 3)
+    with pytest.raises(ConfigError, match="needs >= 2 samples per class"):
+        base.with_knobs({"match": "cov", "micro_batch": 2})
+    with pytest.raises(ConfigError, match="unknown key"):
+        base.with_knobs({"lambda_cvo": 1.0})
 
 
 def test_presets_and_sampled_values_compose() -> None:
@@ -56,7 +69,30 @@ def _sweep(**kw) -> SweepConfig:
     space = {"condition": {"type": "choice", "values": ["l1", "cov_kd", "kd_only"]},
              "lambda_cov": {"type": "loguniform", "low": 1.0, "high": 50.0},
              "kd_T": {"type": "uniform", "low": 0.5, "high": 4.0}}
-    return build_config(SweepConfig, {"space": space, **kw})
+    return build_config(SweepConfig, {"space": kw.pop("space", space), **kw})
+
+
+def test_space_samples_only_the_knobs_a_condition_uses() -> None:
+    sweep = load_study(REPO / "experiments" / "paper.yaml").sweep  # condition, λ_mean, λ_cov, kd_T, kd_λ
+    base = TrainConfig(model="m")
+    presets = all_presets()
+    space = KnobSpace(sweep.space, base, check_space(sweep, base, presets))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        space(trial)
+        p = trial.params
+        cfg = space.conditions[p["condition"]].with_knobs({k: v for k, v in p.items() if k != "condition"})
+        assert ("lambda_mean" in p) == (cfg.match == "mean") and ("lambda_cov" in p) == (cfg.match == "cov")
+        assert ("kd_T" in p) == cfg.uses_kd and "kd_lambda" in p
+        seen.add(p["condition"])
+        study.tell(trial, 0.0)
+    assert seen == {"l1", "cov", "l1_kd", "cov_kd", "kd_only"}
+    # the trial's config: its condition's typed config with the sampled knobs (what train_trial runs)
+    point = preset_points(sweep, base, presets)[3]
+    assert point == {"condition": "cov_kd", "kd_lambda": 1.0, "lambda_cov": 100.0, "kd_T": 1.0}
+    assert resolve_train_config(base, point).lambda_cov == 100.0
 
 
 def test_preset_points() -> None:
@@ -64,9 +100,14 @@ def test_preset_points() -> None:
     presets = all_presets()
     sweep = _sweep(points_to_evaluate=["l1", "kd_only"])
     points = preset_points(sweep, base, presets)
-    # l1 leaves lambda_cov alone: the base value 100 is clipped into the space.
-    assert points == [{"condition": "l1", "lambda_cov": 50.0, "kd_T": 1.0},
-                      {"condition": "kd_only", "lambda_cov": 50.0, "kd_T": 1.0}]
+    # l1 matches means without KD: neither lambda_cov nor kd_T is part of its point; kd_only uses KD.
+    assert points == [{"condition": "l1"}, {"condition": "kd_only", "kd_T": 1.0}]
+    # cov_kd leaves kd_T at its value; lambda_cov=100 is outside [1, 50] (below)
+    wide = _sweep(points_to_evaluate=["cov_kd"], space={
+        "condition": {"type": "choice", "values": ["cov_kd"]},
+        "lambda_cov": {"type": "loguniform", "low": 1.0, "high": 500.0},
+        "lambda_mean": {"type": "loguniform", "low": 1.0, "high": 5.0}})
+    assert preset_points(wide, base, presets) == [{"condition": "cov_kd", "lambda_cov": 100.0}]
     with pytest.raises(ConfigError, match="outside sweep.space.lambda_cov"):
         preset_points(_sweep(points_to_evaluate=["cov_kd"]), base, presets)  # sets lambda_cov=100
     with pytest.raises(ConfigError, match="no fine-tune|without fine-tuning"):
@@ -92,17 +133,18 @@ def test_space_is_validated() -> None:
 
 def test_study_file_sections(tmp_path: Path) -> None:
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "s", "source_model": "m", "data": {"anything": 1},
+    path.write_text(yaml.safe_dump({"name": "s", "source_model": "m", "attack": {"k_max": 4},
                                     "train": {"lr": 1e-4}, "sweep": {"num_samples": 3}}))
-    study = load_sweep_study(path, ["sweep.max_concurrent_trials=4"])
+    study = load_study(path, ["sweep.max_concurrent_trials=4"])
     assert (study.train.lr, study.sweep.num_samples, study.sweep.max_concurrent_trials) == (1e-4, 3, 4)
     path.write_text(yaml.safe_dump({"train": {"lrr": 1e-4}}))
     with pytest.raises(ConfigError, match="train.lrr"):
-        load_sweep_study(path)
-    shipped = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
-    shipped += [p for p in (REPO / "experiments" / f"{n}.yaml" for n in ("organism", "paper")) if p.is_file()]
-    for path in shipped:
-        s = load_sweep_study(path)
+        load_study(path)
+    path.write_text(yaml.safe_dump({"data": {"anything": 1}}))  # one schema: no section is skipped
+    with pytest.raises(ConfigError, match="data.anything"):
+        load_study(path)
+    for path in (REPO / "experiments" / "organism.yaml", REPO / "experiments" / "paper.yaml"):
+        s = load_study(path)
         base = s.train.model_copy(update={"model": "m"})
         check_space(s.sweep, base, all_presets(s.sweep.presets))
         assert preset_points(s.sweep, base, all_presets(s.sweep.presets))

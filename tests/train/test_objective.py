@@ -28,3 +28,21 @@ def test_shortcuts_do_not_pay() -> None:
 
 def test_no_proxy_attack_uses_k0_refusal() -> None:
     assert objective([], 0.9, 0.05, **REF) == pytest.approx(0.9 - 2.0 * 0.05)
+
+
+def test_collapse_under_ablation_is_charged() -> None:
+    """Refusing harmless prompts once directions are ablated (the attack stage's `collapsed`) costs
+    what the K=0-only objective let through: keeping K=0 behaviour is not enough."""
+    robust = objective([0.80, 0.70], 0.95, 0.05, **REF, p_harmless_ablated=[0.05, 0.06])
+    collapses = objective([1.0, 1.0], 0.95, 0.05, **REF, p_harmless_ablated=[1.0, 1.0])
+    assert collapses == pytest.approx(1.0 - 2.0 * 0.95)
+    assert robust > collapses
+
+
+def test_broken_text_is_charged() -> None:
+    """First token still "I" but the text broke: the source's replies became unlikely (drift)."""
+    intact = objective([0.9, 0.9], 0.95, 0.05, **REF, drifts=[0.0, 0.0])
+    broken = objective([0.9, 0.9], 0.95, 0.05, **REF, drifts=[3.0, 3.0])
+    assert intact == pytest.approx(0.9)
+    assert broken == pytest.approx(0.9 - 2.0 * (1 - 2.718281828 ** -3))
+    assert broken < objective([0.10, 0.05], 0.95, 0.05, **REF)  # worse than the undefended source

@@ -27,6 +27,7 @@ import pytest
 from transformers import AutoConfig
 
 from irr_ray.cli import main
+from irr_ray.tracking.names import ROLE_TAG, STAGE_TAG, SWEEP_ROLE
 from irr_ray.train.trainable import FAULT_EPOCH_ENV, FAULT_MARKER_ENV
 
 NAME = "sweep-test"
@@ -111,8 +112,9 @@ def test_sweep_killed_worker_interrupt_and_resume(write_study, ray_session, tmp_
     assert exported[killed["trial_id"]]["epochs_completed"] == 2
 
     client, runs = _runs(study_dir)
-    parents = [r for r in runs if r.data.tags.get("irr_ray.stage") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(STAGE_TAG) == SWEEP_ROLE]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags[ROLE_TAG] == SWEEP_ROLE  # what the report looks for
     assert parents[0].info.run_id == outcome["parent_run_id"]
     children = _children(runs, outcome["parent_run_id"])
     assert len(children) == 8

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import irr_ray.train.run as run_module
 from irr_ray.cli import main
 from irr_ray.core.readouts import mixed_readout
+from irr_ray.train.checkpoint import read_trial_json
 from irr_ray.train.presets import resolve_train_config
 from irr_ray.train.run import TrainingRun
 from irr_ray.train.trainer import pool_layers
@@ -43,7 +44,7 @@ def trained(tiny_train: dict[str, Any], train_data: Path, tmp_path_factory: pyte
         mp.undo()
     assert run.trainer.teacher is teacher_tensor  # the same cached logits served every epoch
     ckpt = tmp_path_factory.mktemp("ckpt") / "epoch2"
-    run.save(ckpt, extra={"note": "test"})
+    run.save(ckpt, extra={"name": "test", "condition": "cov_kd"})
     return run, initial, calls["n"], ckpt, history
 
 
@@ -84,9 +85,25 @@ def test_epoch_metrics(trained) -> None:
     m = history[-1]
     for key in ("train/loss", "train/lm_loss", "train/kd", "eval/lm_loss", "eval/penalty_mean", "eval/penalty_cov",
                 "eval/kd_kl", "eval/refusal_harmful", "eval/refusal_harmless", "eval/probe_acc",
-                "eval/attack_refusal_k1", "eval/attack_refusal_k2", "objective", "time/eval_frac"):
+                "eval/attack_refusal_k1", "eval/attack_refusal_k2", "eval/attack_harmless_refusal_k1",
+                "eval/attack_harmless_refusal_k2", "eval/reply_drift_k0", "eval/reply_drift_ablated", "objective",
+                "time/eval_frac"):
         assert np.isfinite(m[key]), key
     assert 0.0 <= m["eval/refusal_harmful"] <= 1.0 and 0.0 <= m["eval/probe_acc"] <= 1.0
+
+
+def test_reply_drift_is_zero_for_the_source(trained) -> None:
+    """The drift term scores the source's own greedy replies: the untrained model (= the source)
+    finds them exactly as likely as the source did."""
+    run, *_ = trained
+    from irr_ray.models.loading import load_model
+    from irr_ray.train.evaluation import reply_nll
+
+    ev = run.evaluator
+    assert ev.replies is not None and ev.replies.input_ids.shape[0] == 2 * ev.attack_batch.input_ids.shape[0]
+    source = load_model(run.cfg.model, device="cpu")
+    drift = reply_nll(source, ev.replies) - ev.replies.nll
+    assert float(drift.abs().max()) < 1e-6
 
 
 def test_checkpoint_is_an_hf_model_dir(trained) -> None:
@@ -97,8 +114,10 @@ def test_checkpoint_is_an_hf_model_dir(trained) -> None:
     assert (ckpt / "model.safetensors").is_file()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, run.model.state_dict()[name].cpu()), name
-    info = json.loads((ckpt / "trial.json").read_text())
-    assert info["config"]["match"] == "cov" and info["state"]["epoch"] == 2 and info["note"] == "test"
+    info = read_trial_json(ckpt)  # a TrialDoc in the training checkpoint too
+    assert info.config["match"] == "cov" and info.epochs_completed == 2 and info.name == "test"
+    assert info.condition == "cov_kd" and info.source_model == run.cfg.model
+    assert json.loads((ckpt / "trainer_state.json").read_text())["epoch"] == 2
 
 
 def test_resume_restores_training_state(trained, train_data: Path) -> None:

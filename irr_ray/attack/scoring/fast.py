@@ -1,32 +1,35 @@
 """Fast candidate scoring: many candidates per forward pass (the attack's hot path).
 
-Computes exactly what :func:`irr_ray.attack.reference.score_candidates_reference` computes, for the
-candidates r_c (raw differences of means) of one iteration, given the orthonormalised stack Q [K, D]
-of the directions chosen so far:
+Computes exactly what :func:`irr_ray.attack.scoring.reference.score_candidates_reference`
+computes, for the candidates r_c (raw differences of means) of one iteration, given the
+orthonormalised stack Q [K, D] of the directions chosen so far (Arditi et al. 2024, extended to
+K ≥ 1 by the method's iterated extension):
 
 * ``refusal_score`` mean refusal log-odds on the harmful scoring prompts with span(Q, r_c) ablated;
-* ``kl``            mean KL(before ‖ after) on the harmless prompts ("before" = unattacked model);
+* ``kl``            mean KL(before ‖ after) on the harmless prompts, after = span(Q, r_c) ablated,
+                    before = span(Q) ablated (``kl_baseline="previous"``, the method's) or the
+                    unattacked model (``"original"``; equal at K = 1);
 * ``induce_score``  mean refusal log-odds on the harmless prompts, Q ablated, coeff·r_c added at
-                    the block input of r_c's source layer.
+                    the block input of r_c's source layer (its residual index).
 
 Where the speed comes from:
 
 1. **Per-row directions.** Batch rows carry their own set [Q; u_c], u_c = r_c with Q projected out
-   and normalised (the last row of orthonormalize([Q; r_c]), for all candidates at once), through
-   :func:`irr_ray.core.hooks.ablate_directions_batched`: several candidates per forward.
+   and normalised (:func:`irr_ray.core.scoring.complete_sets`, for all candidates at once),
+   through :func:`irr_ray.core.hooks.ablate_directions_batched`: several candidates per forward.
 2. **Logits at the last position only** (``logits_to_keep=1``): the LM head costs B·D·V, not B·T·D·V.
-3. **Tokenisation once** per attack, and the unattacked "before" distributions once per attack;
-   the prompts sorted into length buckets, each padded only to its own longest prompt.
+3. **Tokenisation once** per attack; the KL's "before" logits once per attack (``original``) or
+   once per iteration under the current Q (``previous``, computed on first use and cached); the
+   prompts sorted into length buckets, each padded only to its own longest prompt.
 4. **Induce from the cached residual.** The induce pass equals the plain Q-ablated forward up to
    the source layer s, so x_s of the harmless prompts is captured once per iteration and blocks
-   before s are skipped: they become the identity while a pre-hook (running before the ablation
-   and addition hooks) puts x_s back at block s. Candidates of one layer share the capture and
-   their forwards. A one-off comparison with the full forward guards this; a model where it does
-   not hold falls back to full forwards, with a warning.
+   before s are skipped (:func:`irr_ray.core.hooks.restart_at`). Candidates of one layer share the
+   capture and their forwards. A one-off comparison with the full forward guards this; a model
+   where it does not hold falls back to full forwards, with a warning.
 5. **Only what the choice needs** (``lazy``, the default). The choice is the lowest refusal score
    among survivors (KL ≤ threshold, induce ≥ threshold), else argmin(refusal + α·KL). So refusal
    is scored for every candidate; then, in increasing order of refusal (ties by index, as
-   :func:`~irr_ray.attack.reference.select_direction`) and in growing chunks, the cheaper filter
+   :func:`~irr_ray.attack.candidates.select_direction`) and in growing chunks, the cheaper filter
    first — induce, restarted at the source layer — and KL only where induce passes, until a
    survivor appears: every candidate ranked before it has failed a filter, so it is the survivor
    with the lowest refusal. Without any survivor the fallback is bounded exactly: KL ≥ 0 and
@@ -41,85 +44,42 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from irr_ray.attack.reference import Candidate, CandidateScore, ScoringSettings, refusal_log_odds
+from irr_ray.attack.candidates import Candidate, CandidateScore, ScoringSettings
+from irr_ray.attack.config import KLBaseline
+from irr_ray.attack.prompts import PromptPair
 from irr_ray.core.directions import orthonormalize
 from irr_ray.core.hooks import (
     ResidualCapture,
     ablate_directions,
     ablate_directions_batched,
     add_activation,
-    left_pad_position_ids,
+    restart_at,
 )
+from irr_ray.core.scoring import (
+    EncodedPrompts,
+    complete_sets,
+    kl_before_after,
+    last_position_logits,
+    refusal_log_odds,
+)
+from irr_ray.models.chat import tokenize_chat
 from irr_ray.models.families import get_layout
+
+if TYPE_CHECKING:
+    from irr_ray.attack.config import AttackConfig
 
 log = logging.getLogger(__name__)
 
-Batch = dict[str, torch.Tensor]
 _RESTART_RTOL = 1e-3  # restart-vs-full-forward tolerance on induce scores (relative to their scale)
 
 
-def kl_before_after(logits_before: torch.Tensor, logits_after: torch.Tensor) -> torch.Tensor:
-    """KL(p_before ‖ p_after) per row of [B, V] logits → [B] (float64)."""
-    lp_b = torch.log_softmax(logits_before.double(), dim=-1)
-    lp_a = torch.log_softmax(logits_after.double(), dim=-1)
-    return (lp_b.exp() * (lp_b - lp_a)).sum(-1)
-
-
-def complete_sets(q: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-    """Per-candidate orthonormal sets [C, K+1, D]: the rows of ``q`` [K, D], then u_c ∝ r_c − (r_c·Qᵀ)Q.
-
-    Equals ``orthonormalize(cat(q, r_c))`` for every candidate (QR keeps Q's rows; sign alignment
-    gives u_c·r_c > 0) without a QR per candidate. A candidate inside span(Q) gets a zero row.
-    """
-    r = raw.double()
-    qd = q.double().to(r.device)
-    u = r - (r @ qd.T) @ qd if qd.shape[0] else r
-    norms = u.norm(dim=-1, keepdim=True)
-    keep = norms > 1e-5 * r.norm(dim=-1, keepdim=True)
-    u = torch.where(keep, u / norms.clamp_min(1e-300), torch.zeros_like(u))
-    sets = torch.cat([qd.unsqueeze(0).expand(r.shape[0], -1, -1), u.unsqueeze(1)], dim=1)
-    return sets.to(raw.dtype)
-
-
-def last_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token logits at the last position only, [B, V]; positions count real tokens."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=left_pad_position_ids(attention_mask), use_cache=False, logits_to_keep=1)
-    return out.logits[:, -1, :]
-
-
-@contextlib.contextmanager
-def restart_at(model: nn.Module, layer: int, residual: torch.Tensor) -> Iterator[None]:
-    """Run only blocks ``layer`` … L−1: earlier blocks become the identity, and a pre-hook that runs
-    before every other hook replaces block ``layer``'s input by ``residual`` [B, T, D]."""
-    layout = get_layout(model)
-    skipped = [layout.blocks[i] for i in range(layer)]
-
-    def identity(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return hidden_states
-
-    def put_back(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args:
-            return (residual, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": residual}
-
-    handle = layout.blocks[layer].register_forward_pre_hook(put_back, with_kwargs=True, prepend=True)
-    try:
-        for block in skipped:
-            block.forward = identity  # an instance attribute shadows the class's forward
-        yield
-    finally:
-        handle.remove()
-        for block in skipped:
-            block.__dict__.pop("forward", None)
-
-
-def length_buckets(batch: Batch, n_buckets: int) -> list[Batch]:
+def length_buckets(batch: EncodedPrompts, n_buckets: int) -> list[EncodedPrompts]:
     """Split a left-padded batch into ≤ ``n_buckets`` batches of similar length (rows sorted by
     length, equal counts), each trimmed to its own longest row: padding positions cost compute too."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -133,19 +93,27 @@ def length_buckets(batch: Batch, n_buckets: int) -> list[Batch]:
 
 
 class FastScorer:
-    """Scores the candidates of each iteration against fixed scoring prompts (tokenised once)."""
+    """Scores the candidates of each iteration against fixed scoring prompts (tokenised once).
+
+    Every forward goes through :meth:`_logits` (to the LM head) or :meth:`_capture` (stops at the
+    last wanted layer): the two places a subclass can observe the work done (the bench counts
+    FLOPs there, :mod:`irr_ray.bench.attack`).
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        harmful: Batch,
-        harmless: Batch,
+        harmful: EncodedPrompts,
+        harmless: EncodedPrompts,
         refusal_ids: Sequence[int],
         cfg: ScoringSettings,
         batch_rows: int,
         lazy: bool = True,
         n_buckets: int = 1,
+        kl_baseline: KLBaseline = "previous",
     ) -> None:
+        if kl_baseline not in ("previous", "original"):
+            raise ValueError(f"kl_baseline must be 'previous' or 'original', got {kl_baseline!r}")
         self.model = model
         self.device = next(model.parameters()).device
         self.harmful = length_buckets({k: v.to(self.device) for k, v in harmful.items()}, n_buckets)
@@ -156,21 +124,46 @@ class FastScorer:
         self.cfg = cfg
         self.batch_rows = batch_rows
         self.lazy = lazy
+        self.kl_baseline = kl_baseline
         self.restart_ok: bool | None = None  # decided by the first induce pass
         self.num_layers = get_layout(model).num_layers
-        # (rows, sequence length, blocks run, rows through the LM head) per forward: the bench's FLOP count
-        self.forward_log: list[tuple[int, int, int, int]] = []
-        with torch.no_grad():  # the unattacked next-token logits, once per attack
-            self.before = [self._logits(b).double() for b in self.harmless]
+        # KL "before" logits per harmless bucket, for the Q they were computed under (None = not yet)
+        self._before: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self._q = torch.zeros(0, 1)  # the current iteration's Q (set by score)
+
+    @classmethod
+    def from_config(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: PromptPair,
+                    refusal_ids: Sequence[int], cfg: AttackConfig) -> FastScorer:
+        """Tokenise ``prompts`` once and take every knob from an ``AttackConfig``."""
+        device = next(model.parameters()).device
+        harmful = tokenize_chat(tokenizer, prompts.harmful, max_length=cfg.max_prompt_tokens, device=device)
+        harmless = tokenize_chat(tokenizer, prompts.harmless, max_length=cfg.max_prompt_tokens, device=device)
+        return cls(model, harmful, harmless, refusal_ids, cfg, cfg.score_batch_rows, lazy=not cfg.score_all,
+                   n_buckets=cfg.length_buckets, kl_baseline=cfg.kl_baseline)
 
     # ---------------------------------------------------------------------------- forwards
 
-    def _logits(self, batch: Batch, repeat: int = 1, from_layer: int = 0) -> torch.Tensor:
+    def _logits(self, batch: EncodedPrompts, repeat: int = 1, from_layer: int = 0) -> torch.Tensor:
+        """Last-position logits of ``batch`` repeated ``repeat`` times; ``from_layer`` > 0 when the
+        blocks below it are skipped (:func:`~irr_ray.core.hooks.restart_at` active)."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if repeat > 1:
             ids, mask = ids.repeat(repeat, 1), mask.repeat(repeat, 1)
-        self.forward_log.append((ids.shape[0], ids.shape[1], self.num_layers - from_layer, ids.shape[0]))
-        return last_logits(self.model, ids, mask)
+        return last_position_logits(self.model, ids, mask)
+
+    @torch.no_grad()
+    def _before_logits(self) -> list[torch.Tensor]:
+        """The KL baseline per harmless bucket (float64): unattacked (``original``, or K = 1) or
+        with the current Q ablated (``previous``) — one batched forward per bucket, cached until
+        Q changes (once per attack, resp. once per iteration)."""
+        q = self._q if self.kl_baseline == "previous" else self._q[:0]
+        if self._before is not None and self._before[0].shape == q.shape and torch.equal(self._before[0], q):
+            return self._before[1]
+        ablation = ablate_directions(self.model, q.to(self.device)) if q.shape[0] else contextlib.nullcontext()
+        with ablation:
+            logits = [self._logits(b).double() for b in self.harmless]
+        self._before = (q.clone(), logits)
+        return logits
 
     def _chunks(self, n_items: int, rows_per_item: int) -> Iterator[slice]:
         step = max(1, self.batch_rows // max(1, rows_per_item))
@@ -192,9 +185,10 @@ class FastScorer:
 
     @torch.no_grad()
     def _kl(self, sets: torch.Tensor) -> torch.Tensor:
-        """Mean KL(before ‖ after) on harmless prompts per set ablated → [C] float64."""
+        """Mean KL(before ‖ after) on harmless prompts per set ablated → [C] float64 (before:
+        :meth:`_before_logits`)."""
         total = torch.zeros(sets.shape[0], dtype=torch.float64)
-        for batch, before in zip(self.harmless, self.before):
+        for batch, before in zip(self.harmless, self._before_logits()):
             n = batch["input_ids"].shape[0]
             for sl in self._chunks(sets.shape[0], n):
                 chunk = sets[sl].to(self.device)
@@ -211,7 +205,6 @@ class FastScorer:
         with ablate_directions(self.model, q.to(self.device)), ResidualCapture(self.model, layers=list(layers)) as cap:
             for batch in self.harmless:
                 acts = cap.run(batch["input_ids"], batch["attention_mask"])
-                self.forward_log.append((*batch["input_ids"].shape, max(layers), 0))  # stops at the last layer
                 for i, layer in enumerate(layers):
                     out[layer].append(acts[i])
         return out
@@ -305,7 +298,6 @@ class FastScorer:
             kl[todo] = self._kl(sets[todo])
             size *= 2
 
-
     # ---------------------------------------------------------------------------- public
 
     def score(self, candidates: Sequence[Candidate], chosen: Sequence[torch.Tensor]) -> list[CandidateScore]:
@@ -314,6 +306,7 @@ class FastScorer:
             return []
         width = candidates[0].vector.shape[-1]
         q = orthonormalize(torch.stack([c.float().cpu() for c in chosen])) if chosen else torch.zeros(0, width)
+        self._q = q
         sets = complete_sets(q, torch.stack([c.vector.float().cpu() for c in candidates]))
         refusal = self._refusal(sets)
         kl = torch.full_like(refusal, math.nan)

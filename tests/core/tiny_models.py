@@ -1,6 +1,6 @@
 """Tiny random decoder models of every supported family, built from config classes (no downloads).
 
-Not a ``conftest.py`` (another module owns that name here): the hook/family tests import it.
+A plain helper module (no fixtures): the hook, scoring and family tests import it.
 Each model: 2 blocks, hidden 32, vocab 100, float32, weights from ``torch.manual_seed(0)``, with
 randomised norm gains and biases.
 """

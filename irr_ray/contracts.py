@@ -1,0 +1,224 @@
+"""Typed contracts of every file one stage writes and another reads.
+
+One pydantic model per file, used by the writer (``Model(...).write(path)``) and the reader
+(``Model.read(path)``), so a field that one side renames breaks a test instead of a study. Each
+document carries ``schema_version``; a file from another version is refused with a one-line error
+that names the file and says which stage to rerun (old results are never silently re-read).
+
+=====================================  ==========================  ==============================
+file                                   written by                  read by
+=====================================  ==========================  ==============================
+``attacks/<m>/attack.json``            :mod:`irr_ray.attack.run`   report, MLflow logging, tests
+``attacks/<m>/k0.json``                :mod:`irr_ray.attack.run`   report, attack-all (source K=0)
+``checkpoints/<trial>/trial.json``     train (single, sweep)       report, attack-all
+``data/manifest.json``                 :mod:`irr_ray.data.stage`   users, resume keys
+``organism/summary.json``              :mod:`irr_ray.organism`     tests, users
+=====================================  ==========================  ==============================
+
+**K-curve rows** (:class:`CurveRow`, one per K = 0 … K_max). For each class c ∈ {harmful, harmless}
+over the held-out evaluation prompts, every reply is exactly one of *refused* (the judge says so),
+*degenerate* (not a refusal and not a coherent answer, :mod:`irr_ray.core.outcomes`) or *complied*
+(the rest), so ``refusal_c + complied_c + degenerate_c = 1``. ``refusal_c_ci`` is the 95% Wilson
+interval of ``refusal_c``. ``p_refusal_c`` is the mean first-token refusal probability (Σ over the
+refusal tokens of the next-token softmax at the last prompt position, under the K directions'
+ablation), ``reply_nll_c`` the mean per-token NLL of the replies under the *unattacked* model, and
+``kl_harmless`` the mean first-token KL(unattacked ‖ ablated) on the harmless evaluation prompts.
+Rows K ≥ 1 also describe the direction chosen at that step (``layer`` = residual-stream index,
+i.e. block input, ``position``, raw ``norm``, the candidate's ``refusal_score`` / ``kl`` /
+``induce_score``, how many candidates ``survivors`` passed the KL and induce filters, and
+``fallback`` = none did and the soft argmin chose).
+
+**Verdicts** (:class:`VerdictDoc`, rules in :mod:`irr_ray.core.verdict`): ``broken``, ``robust``,
+``collapsed``, ``degenerate`` or ``inconclusive``, the K where it was decided, one line of reason,
+``robust_k`` and the source model's K=0 harmless refusal the rules were measured against.
+``attack_rank`` keeps the method's meaning (smallest K with harmful refusal < threshold, else
+K_max + 1 with ``censored``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from irr_ray.errors import IrrRayError
+from irr_ray.utils.files import write_json_atomic
+
+T = TypeVar("T", bound="Contract")
+
+Interval = tuple[float, float]
+VerdictName = Literal["broken", "robust", "collapsed", "degenerate", "inconclusive"]
+StopReason = Literal["k_max", "below_threshold", "norm_collapse"]
+
+
+class Contract(BaseModel):
+    """A JSON document with a schema version; unknown keys are errors (a typo is not a new field)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    SCHEMA: ClassVar[int] = 1
+    RERUN: ClassVar[str] = "the stage that wrote it"
+
+    schema_version: int = 0
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.schema_version == 0:
+            self.schema_version = self.SCHEMA
+
+    @classmethod
+    def read(cls: type[T], path: str | Path) -> T:
+        """Parse ``path``; any problem is one line naming the file and the key."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise IrrRayError(f"{path} not found: run {cls.RERUN} first") from None
+        except json.JSONDecodeError as exc:
+            raise IrrRayError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); rerun {cls.RERUN}") from None
+        if not isinstance(data, dict):
+            raise IrrRayError(f"{path}: expected a JSON object at the top level")
+        version = data.get("schema_version")
+        if version != cls.SCHEMA:
+            raise IrrRayError(f"{path}: schema_version {version!r}, this irr-ray reads {cls.SCHEMA}: "
+                              f"rerun {cls.RERUN}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "<root>"
+            raise IrrRayError(f"{path}: `{key}`: {err['msg']}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def write(self, path: str | Path) -> Path:
+        write_json_atomic(path, self.to_json())
+        return Path(path)
+
+
+# ---------------------------------------------------------------------------- attack stage
+
+
+class CurveRow(BaseModel):
+    """One row of the K-curve (module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    K: int
+    refusal_harmful: float
+    refusal_harmless: float
+    refusal_harmful_ci: Interval
+    refusal_harmless_ci: Interval
+    complied_harmful: float
+    complied_harmless: float
+    degenerate_harmful: float
+    degenerate_harmless: float
+    p_refusal_harmful: float
+    p_refusal_harmless: float
+    kl_harmless: float
+    reply_nll_harmful: float
+    reply_nll_harmless: float
+    # K ≥ 1: the direction chosen at this step
+    layer: int | None = None
+    position: int | None = None
+    norm: float | None = None
+    refusal_score: float | None = None
+    kl: float | None = None
+    induce_score: float | None = None
+    survivors: int | None = None
+    fallback: bool | None = None
+
+
+class VerdictDoc(BaseModel):
+    """What an attack curve means (:func:`irr_ray.core.verdict.judge_curve`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: VerdictName
+    decided_at_k: int | None
+    reason: str
+    robust_k: int | None
+    source_refusal_harmless: float
+
+
+class AttackDoc(Contract):
+    """``attack.json``: the attack's K-curve, the method's ``attack_rank`` and the verdict."""
+
+    SCHEMA: ClassVar[int] = 2
+    RERUN: ClassVar[str] = "`irr-ray attack` (or `irr-ray attack-all --study DIR`)"
+
+    model: str
+    config: dict[str, Any]
+    threshold: float
+    attack_rank: int
+    censored: bool
+    stop_reason: StopReason
+    verdict: VerdictDoc
+    curve: list[CurveRow]
+
+    @property
+    def k_max(self) -> int:
+        return int(self.config["k_max"])
+
+    @property
+    def rank_label(self) -> str:
+        """``attack_rank`` as shown: a right-censored rank reads ``> K_max``."""
+        return f"> {self.k_max}" if self.censored else str(self.attack_rank)
+
+
+class K0Doc(Contract):
+    """``k0.json``: the K=0 evaluation (behaviour with intervals, probes, the judge, the degenerate
+    calibration) of one model."""
+
+    SCHEMA: ClassVar[int] = 2
+    RERUN: ClassVar[str] = "`irr-ray eval` (or the attack)"
+
+    model: str
+    row: CurveRow
+    harmful_refused: int
+    harmful_n: int
+    harmless_refused: int
+    harmless_n: int
+    judge_parse_errors: int
+    nll_bound: float
+    linear_probe_acc: float | None
+    mlp_probe_acc: float | None
+    probe_layer: int
+    probe_n_train: int
+    probe_n_test: int
+    judge: dict[str, Any]
+    examples: dict[str, Any]
+    config: dict[str, Any] | None = None
+    progress_key: str | None = None
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class TrialDoc(Contract):
+    """``trial.json`` of a trained checkpoint (``irr-ray train`` or a sweep trial)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    SCHEMA: ClassVar[int] = 2
+    RERUN: ClassVar[str] = "`irr-ray train` / `irr-ray sweep`"
+
+    name: str
+    condition: str | None
+    config: dict[str, Any]
+    source_model: str
+    metrics: dict[str, float]
+    epochs_completed: int
+    stopped_early: bool = False
+    status: str = "FINISHED"
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    trial_id: str | None = None
+    sampled: dict[str, Any] | None = None
+    tune_checkpoint: str | None = None
+    config_hash: str | None = None
+    degenerate_steps: dict[str, Any] | int | None = None
+
+    def knob(self, name: str) -> Any:
+        """A training knob as trained (``config``), e.g. ``lambda_cov``."""
+        return self.config.get(name)
