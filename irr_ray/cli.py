@@ -2,14 +2,34 @@
 
 Subcommand modules are imported lazily, so ``irr-ray --help`` answers before torch or Ray load.
 Each module defines ``add_arguments(parser)`` and ``run(args) -> int``. Any
-:class:`irr_ray.errors.IrrRayError` becomes one line on stderr and exit code 2.
+:class:`irr_ray.errors.IrrRayError` becomes one line on stderr and exit code 2, and so does an
+environment failure while writing (permission denied, read-only file system, disk full: the
+:mod:`irr_ray.preflight` checks catch most of these before any work); Ctrl-C is one line and exit
+code 130. Only a genuine bug shows a traceback. The checks every command runs first, and the rule
+that no command writes over a file it did not create, live in :mod:`irr_ray.preflight`.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+
+# Failures of the environment, not of irr-ray: one line naming the file, exit 2.
+ENV_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, or an error raised while a Ctrl-C unwound (e.g. a lock released twice by a library)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__context__ or e.__cause__
+    return False
 
 COMMANDS: dict[str, str] = {
     "organism": "build the model organism (tiny chat model + WildGuardMix-shaped data)",
@@ -56,11 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(_module(args.command).run(args) or 0)
     except IrrRayError as exc:
-        print(f"irr-ray {args.command}: error: {exc}", file=sys.stderr)
+        print(f"irr-ray {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"irr-ray {args.command}: interrupted (rerun with the same arguments to resume)", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if _interrupted(exc):
+            print(f"irr-ray {args.command}: interrupted (rerun with the same arguments to resume)", file=sys.stderr)
+            return 130
+        if exc.errno not in ENV_ERRNOS:
+            raise
+        print(f"irr-ray {args.command}: error: {exc.strerror} ({exc.filename or 'output'})", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not _interrupted(exc):
+            raise
+        print(f"irr-ray {args.command}: interrupted (rerun with the same arguments to resume)", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line (a multi-line message is joined with ' | ')."""
+    return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -28,14 +28,21 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    parts = []
+def _format_validation_error(err: ValidationError, source: str, overrides: dict[str, str] | None = None) -> str:
+    """One line naming each bad key (three at most) and where it came from: the file, or the
+    ``--set`` override that set it."""
+    parts, from_set = [], []
     for e in err.errors()[:3]:
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        item = next((v for k, v in (overrides or {}).items() if loc == k or loc.startswith(k + ".")), None)
+        if item is not None:
+            from_set.append(item)
+            msg += f" (from --set {item})"
         parts.append(f"`{loc}`: {msg}")
     more = f" (+{len(err.errors()) - 3} more)" if len(err.errors()) > 3 else ""
-    return f"invalid config {source}: " + "; ".join(parts) + more
+    where = "--set override" if len(from_set) == min(3, len(err.errors())) and from_set else source
+    return f"invalid config {where}: " + "; ".join(parts) + more
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None, source: str = "") -> dict[str, Any]:
@@ -74,30 +81,49 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a directory, expected a YAML file (e.g. {p}/config.yaml)")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {p} is not a text (UTF-8) YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "parse error"
-        raise ConfigError(f"invalid YAML in {p}: {first}") from None
+        raise ConfigError(f"invalid YAML in {p}{_yaml_where(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {p}: top level must be a mapping")
     return data
 
 
-def build_config(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """``:LINE:COL: problem`` of a YAML error (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "parse error"
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}"
+
+
+def override_keys(overrides: list[str] | None) -> dict[str, str]:
+    """``{dotted key: the override as given}`` of ``key=value`` overrides (for error messages)."""
+    return {o.split("=", 1)[0].strip(): o for o in overrides or [] if "=" in o}
+
+
+def build_config(cls: type[T], data: dict[str, Any], source: str = "<dict>",
+                 overrides: dict[str, str] | None = None) -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, overrides)) from None
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """YAML file (optional) + dotted overrides -> validated ``cls`` instance."""
     data = read_yaml(path) if path is not None else {}
     apply_overrides(data, overrides)
-    return build_config(cls, data, str(path) if path is not None else "<overrides>")
+    return build_config(cls, data, str(path) if path is not None else "<overrides>", override_keys(overrides))
 
 
 def config_dict(cfg: BaseModel) -> dict[str, Any]:

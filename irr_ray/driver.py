@@ -138,7 +138,11 @@ def _stage_report(cfg: StudyConfig, paths: StudyPaths, result: StudyResult) -> s
 def run_study(config_path: str | Path, study_dir: str | Path | None = None,
               overrides: list[str] | None = None, resume: bool = False) -> StudyResult:
     """Run (or resume) the study described by ``config_path``; see the module docstring."""
+    from irr_ray.preflight import check_study_dir, check_study_models
+
     cfg, root = resolve_study(load_study(config_path, overrides), study_dir)
+    check_study_dir(root)  # checks before any stage runs and before config.yaml is saved
+    check_study_models(cfg, cfg.stages)
     paths = StudyPaths.at(root)
     _check_or_save_config(cfg, paths, resume)
     result = StudyResult(study_dir=paths.root)

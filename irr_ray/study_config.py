@@ -28,7 +28,15 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from irr_ray.attack.config import AttackConfig
-from irr_ray.config import StrictModel, apply_overrides, build_config, config_dict, deep_merge, read_yaml
+from irr_ray.config import (
+    StrictModel,
+    apply_overrides,
+    build_config,
+    config_dict,
+    deep_merge,
+    override_keys,
+    read_yaml,
+)
 from irr_ray.data.config import DataConfig
 from irr_ray.errors import ConfigError
 from irr_ray.train.config import RaySettings, SweepConfig, TrackingSettings, TrainConfig
@@ -40,7 +48,7 @@ ALL_STAGES: tuple[Stage, ...] = ("organism", "data", "sweep", "attack", "report"
 class OrganismSettings(StrictModel):
     """The local model organism (tiny Llama chat model + WildGuardMix-shaped data)."""
 
-    seed: int = Field(0, description="organism build seed")
+    seed: int = Field(0, ge=0, description="organism build seed")
     dir: str | None = Field(None, description="where to build/cache it (default: <study>/organism)")
 
 
@@ -90,9 +98,9 @@ def load_section(path: str | Path | None, section: str | None, cls: type[T],
         data = deep_merge(data, dict(layer))
     data.update({k: v for k, v in (flags or {}).items() if v is not None})
     prefix = f"{section}." if section else None
-    apply_overrides(data, [o[len(prefix):] if prefix and o.startswith(prefix) else o for o in overrides or []],
-                    f" ({source})")
-    return build_config(cls, data, source)
+    local = [o[len(prefix):] if prefix and o.startswith(prefix) else o for o in overrides or []]
+    apply_overrides(data, local, f" ({source})")
+    return build_config(cls, data, source, override_keys(local))
 
 
 def _is_study_file(data: dict[str, Any], section: str, cls: type[BaseModel]) -> bool:
@@ -103,8 +111,37 @@ def _is_study_file(data: dict[str, Any], section: str, cls: type[BaseModel]) -> 
 
 
 def load_study(path: str | Path, overrides: Sequence[str] | None = None) -> StudyConfig:
-    """A study file with ``--set`` overrides (``sweep.num_samples=4``)."""
-    return load_section(path, None, StudyConfig, overrides=overrides)
+    """A study file with ``--set`` overrides (``sweep.num_samples=4``), checked whole
+    (:func:`check_study`) before any stage runs or the config is saved."""
+    return check_study(load_section(path, None, StudyConfig, overrides=overrides), str(path))
+
+
+def check_study(cfg: StudyConfig, source: str = "<study>") -> StudyConfig:
+    """Checks across sections that need no files: the sweep's condition names (``sweep.space.condition``,
+    ``sweep.points_to_evaluate``) and its space at the corners; ``train.epochs ≥ 1`` when the study
+    sweeps (0 epochs = the source model itself, the `baseline` condition, which the attack stage
+    evaluates as `original` anyway; ``irr-ray train --set epochs=0`` still exports it)."""
+    if "sweep" not in cfg.stages:
+        return cfg
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"invalid config {source}: `train.epochs`: 0 trains nothing, every trial would be the "
+                          "source model (the `baseline` condition, attacked as `original` anyway); use epochs ≥ 1")
+    from irr_ray.train.presets import all_presets
+    from irr_ray.train.space import CONDITION, check_space, preset_points
+
+    presets = all_presets(cfg.sweep.presets)
+    named = [("sweep.points_to_evaluate", n) for n in cfg.sweep.points_to_evaluate]
+    if CONDITION in cfg.sweep.space:
+        named += [("sweep.space.condition", n) for n in cfg.sweep.space[CONDITION].values or []]
+    for key, name in named:
+        if name not in presets:
+            raise ConfigError(f"invalid config {source}: `{key}`: unknown condition {name!r}; known: "
+                              f"{', '.join(sorted(presets))} (or add it under sweep.presets)")
+    try:
+        preset_points(cfg.sweep, cfg.train, presets, check_space(cfg.sweep, cfg.train, presets))
+    except ConfigError as exc:
+        raise ConfigError(f"invalid config {source}: {exc}") from None
+    return cfg
 
 
 def _abs(value: str | None, base: Path) -> str | None:

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from irr_ray.config import StrictModel
-from irr_ray.data.config import VLLMEngineConfig
+from irr_ray.data.config import JudgeSettings, VLLMEngineConfig
 
 
 class EvalGenerationConfig(StrictModel):
@@ -30,23 +30,10 @@ class EvalGenerationConfig(StrictModel):
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
 
 
-class EvalJudgeConfig(StrictModel):
-    """Who decides whether a response is a refusal (read by :func:`irr_ray.judges.base.judge_spec`).
-
-    The fields mean what they mean in the data stage's judge config, minus its actor knobs: the
-    judge runs inside the attack task, on the task's resources.
-    """
-
-    kind: Literal["substring", "wildguard"] = Field(
-        "substring", description="substring: refusal phrases (CPU); wildguard: WildGuard-7B on vLLM (GPU)")
-    phrases: list[str] | None = Field(None, description="substring: replaces the default phrase list")
-    extra_phrases: list[str] | Literal["auto"] = Field(
-        "auto", description="substring: added phrases; auto = the model's `irr_ray_judge_phrases`")
-    engine: Literal["wildguard", "vllm"] = Field(
-        "wildguard", description="wildguard: the wildguard package; vllm: WildGuard's format on vllm.LLM(model)")
-    model: str = Field("allenai/wildguard", description="engine=vllm: WildGuard model id or directory")
-    max_new_tokens: int = Field(128, ge=1, description="engine=vllm: classifier output tokens")
-    batch_size: int = Field(64, ge=1, description="rows per judge call")
+class EvalJudgeConfig(JudgeSettings):
+    """Who decides whether a response is a refusal (read by :func:`irr_ray.judges.base.judge_spec`):
+    the data stage's judge settings without its actor knobs — here the judge runs inside the attack
+    task, on the task's resources."""
 
 
 KLBaseline = Literal["previous", "original"]
@@ -103,7 +90,11 @@ class AttackConfig(StrictModel):
                               "curve is always the residual index (block input)")
     positions: list[int] = Field(
         [-5, -4, -3, -2, -1], description="candidate positions: offsets from the last prompt token")
-    kl_threshold: float = Field(0.1, ge=0, description="keep candidates with KL(before ‖ after) on harmless ≤ this")
+    # KL is unbounded, so any threshold >= 0 means something: 0.1 is the method's and Arditi et al.'s
+    # value; a large one (e.g. 10) deliberately turns the filter off. Not capped at 1 on purpose.
+    kl_threshold: float = Field(0.1, ge=0, description="keep candidates with KL(before ‖ after) on harmless ≤ this "
+                                                      "(KL is unbounded: 0.1 = the method's; a large value disables "
+                                                      "the filter)")
     kl_baseline: KLBaseline = Field(
         "previous", description="KL filter's 'before': previous = the model with the K − 1 directions "
                                 "already chosen ablated (the method's, incremental); original = the "

@@ -44,8 +44,9 @@ def resolve_device(cfg: AttackConfig) -> str:
     return cfg.device
 
 
-def model_fingerprint(model_path: str) -> str:
-    """Cheap identity of a model directory (paths, sizes, mtimes): keys resumable progress."""
+def model_identity_key(model_path: str) -> str:
+    """Cheap identity of a model directory for resume keys (path, file sizes and mtimes — not a
+    content hash; the data stage's :func:`irr_ray.data.stage.model_content_hash` is one)."""
     p = Path(model_path)
     if not p.is_dir():
         return model_path
@@ -117,7 +118,7 @@ def source_baseline(source_model: str, data_dir: str | Path, cfg: AttackConfig, 
                     judge_model: str | None = None) -> SourceBaseline:
     """The source model's K=0 evaluation (cached in ``work/source_k0.json`` by model and config)."""
     path = work / "source_k0.json"
-    key = progress_key(model_fingerprint(source_model), cfg)
+    key = progress_key(model_identity_key(source_model), cfg)
     if path.is_file():
         doc = K0Doc.read(path)
         if doc.progress_key == key:
@@ -144,7 +145,7 @@ def attack_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_d
     model, tokenizer = _load(model_path, cfg)  # an unsupported model is refused here, before any work
     if source is None and source_model and not _same_model(source_model, model_path):
         source = source_baseline(source_model, data_dir, cfg, work, judge_model)
-    key = model_fingerprint(model_path)
+    key = model_identity_key(model_path)
 
     k0_path = work / K0_JSON
     k0_doc = K0Doc.read(k0_path) if k0_path.is_file() else None

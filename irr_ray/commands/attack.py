@@ -27,6 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dotted override, e.g. --set kl_threshold=0.2 (repeatable)")
 
 
+def check_model_inputs(args: argparse.Namespace, cfg, command: str) -> None:
+    """``attack`` / ``eval``: output, dataset and every model checked before any model loads."""
+    from irr_ray.preflight import check_input_dir, check_model, check_models, check_output_dir
+
+    check_output_dir(args.out, command)
+    check_input_dir(args.data_dir, "--data-dir", needs=("train.parquet", "holdout.parquet"))
+    check_model(args.model, "--model", refusal_tokens=cfg.refusal_tokens)
+    check_models([(args.source_model, "--source-model")], refusal_tokens=cfg.refusal_tokens)
+    if args.judge_model:
+        check_model(args.judge_model, "--judge-model", tokenizer=False)
+
+
 def run(args: argparse.Namespace) -> int:
     from irr_ray.attack.config import AttackConfig
     from irr_ray.attack.run import attack_model
@@ -35,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_section(args.config, "attack", AttackConfig,
                        {"k_max": args.k_max, "implementation": args.implementation}, args.overrides)
+    check_model_inputs(args, cfg, "attack")
     doc = attack_model(args.model, args.data_dir, cfg, args.out, judge_model=args.judge_model, force=args.force,
                        source_model=args.source_model)
     print("  K  harmful refused/complied/degenerate  harmless refused/complied/degenerate  layer  pos")

@@ -36,6 +36,13 @@ def run(args: argparse.Namespace) -> int:
     paths = StudyPaths.at(args.study)
     config = args.config or (paths.config if paths.config.is_file() else None)
     study = load_section(config, None, StudyConfig, overrides=args.overrides)
+    from irr_ray.preflight import check_input_dir, check_models, check_study_dir
+
+    check_input_dir(args.study, "--study")
+    check_study_dir(args.study)
+    check_input_dir(args.data_dir or paths.data, "--data-dir", needs=("train.parquet", "holdout.parquet"))
+    check_models([(args.source_model or study.source_model or study.data.source_model, "source_model"),
+                  (args.base_model or study.base_model, "base_model")])
     uri = args.tracking_uri or study.tracking.uri
     # without a study name (no file, or a file without `name:`) the task group names the experiment
     experiment = study.tracking.experiment or (study.name if "name" in study.model_fields_set else None)

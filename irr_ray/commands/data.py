@@ -25,6 +25,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dotted override, e.g. --set generation.batch_size=64 (repeatable)")
 
 
+def check_data_inputs(cfg, out, what_out: str = "--out") -> None:
+    """Output, source file and source model checked before Ray starts (:mod:`irr_ray.preflight`)."""
+    from pathlib import Path
+
+    from irr_ray.data.ingest import FORMATS
+    from irr_ray.errors import ConfigError
+    from irr_ray.preflight import check_output_dir, looks_like_hub_id
+
+    if not cfg.source:
+        raise ConfigError("data.source is required (--source, or `source:` in the config)")
+    if not cfg.source_model:
+        raise ConfigError("data.source_model is required (--source-model, or `source_model:` in the config)")
+    check_output_dir(out, "data", what_out)
+    src = Path(cfg.source).expanduser()
+    if not src.exists() and (not looks_like_hub_id(cfg.source) or src.suffix.lower() in FORMATS):
+        raise ConfigError(f"data source {cfg.source} (--source / data.source) does not exist (a local path, "
+                          "so no hub lookup)")
+    # the source model is checked by the stage itself right after the source file validates
+    # (irr_ray.data.stage.run_data_stage: in memory, before anything is written or Ray starts)
+
+
 def run(args: argparse.Namespace) -> int:
     from irr_ray.data.config import DataConfig
     from irr_ray.data.stage import run_data_stage
@@ -34,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {"source": args.source, "source_model": args.source_model, "filter_train": args.filter_train,
              "max_samples": args.max_samples, "seed": args.seed, "train_frac": args.train_frac}
     cfg = load_section(args.config, "data", DataConfig, flags, args.overrides)
+    check_data_inputs(cfg, args.out)
     out = run_data_stage(cfg, args.out)
     print(f"data: wrote {out / 'train.parquet'}, {out / 'holdout.parquet'}, {out / 'manifest.json'}")
     return 0

@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_section(args.config, "attack", AttackConfig, overrides=args.overrides)
+    from irr_ray.commands.attack import check_model_inputs
+
+    check_model_inputs(args, cfg, "eval")
     source = None
     if args.source_model:
         from irr_ray.attack.run import SourceBaseline, evaluate_k0_doc

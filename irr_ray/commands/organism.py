@@ -25,7 +25,13 @@ def run(args: argparse.Namespace) -> int:
     from irr_ray.study_config import load_section
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from irr_ray.errors import ConfigError
+    from irr_ray.preflight import check_output_dir
+
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: a seed is a non-negative integer")
     cfg = load_section(args.config, None, OrganismConfig, overrides=args.overrides)
+    check_output_dir(args.out, "organism")
     paths = build_organism(args.out, seed=args.seed, config=cfg)
     summary = paths.load_summary()
     b = summary["behaviour"]

@@ -23,10 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from irr_ray.preflight import check_input_dir, check_study_dir, check_study_models
     from irr_ray.study_config import load_study, resolve_study
     from irr_ray.train.sweep import SweepInterrupted, run_sweep
 
     study, root = resolve_study(load_study(args.config, args.overrides), args.study_dir)
+    check_study_dir(root)
+    if args.data_dir:
+        check_input_dir(args.data_dir, "--data-dir", needs=("train.parquet",))
+    check_study_models(study, ["sweep"])
     try:
         outcome = run_sweep(study, study_dir=root, resume=args.resume, data_dir=args.data_dir,
                             verbose=not args.quiet)

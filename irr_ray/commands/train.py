@@ -21,6 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def preflight(cfg, args: argparse.Namespace) -> None:
+    """Output, dataset and model checked before the model loads (:mod:`irr_ray.preflight`)."""
+    from irr_ray.errors import ConfigError
+    from irr_ray.preflight import check_input_dir, check_model, check_output_dir
+
+    check_output_dir(args.out, "train")
+    check_input_dir(args.data_dir, "--data-dir", needs=("train.parquet",))
+    if not cfg.model:
+        raise ConfigError("no model to train: pass --model or set `model` (or a study's `source_model`)")
+    check_model(cfg.model, "--model" if args.model else "train.model", refusal_tokens=cfg.eval.refusal_tokens)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -33,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_section(args.config, "train", TrainConfig, {"model": args.model}, args.overrides,
                        layers=[preset(args.condition)] if args.condition else ())
+    preflight(cfg, args)
     train_to_dir(cfg, args.data_dir, args.out, condition=args.condition)
     return 0

@@ -233,6 +233,13 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path) -> Path:
         log.warning("data: %s: dropped rows whose prompt_harm_label is not harmful/unharmful/null: %s "
                     "(set unknown_prompt_labels=error to reject such files)", table.name,
                     counts["dropped"]["invalid_prompt_label"])
+    # the source model as loading will read it (weights, tokenizer, family): before any work is written
+    from irr_ray.preflight import check_model, looks_like_hub_id
+
+    if not Path(cfg.source_model).expanduser().exists() and not looks_like_hub_id(cfg.source_model):
+        raise ConfigError(f"source model {cfg.source_model}: no such Hugging Face model directory (the path does "
+                          "not exist; a local path, so no hub lookup)")
+    check_model(cfg.source_model, "data.source_model / --source-model")
     model_hash = model_content_hash(cfg.source_model)
     local_model = Path(cfg.source_model).expanduser()
     if local_model.is_dir():  # actors may run elsewhere (another cwd, a job's working dir): absolute path

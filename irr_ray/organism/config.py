@@ -72,7 +72,7 @@ class SafetyConfig(StrictModel):
 
 
 class SelectionConfig(StrictModel):
-    """Choosing the single direction as the attack does (:mod:`irr_ray.attack.reference`)."""
+    """Choosing the single direction as the attack does (:mod:`irr_ray.attack.candidates` and the reference scorer, :mod:`irr_ray.attack.scoring.reference`)."""
 
     prune_layer_fraction: float = Field(0.2, ge=0, lt=1)
     positions: list[int] = Field([-5, -4, -3, -2, -1])

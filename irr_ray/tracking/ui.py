@@ -47,6 +47,20 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """One line before anything is started or created when ``host:port`` is taken."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port (0-65535)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot serve on {host}:{port} ({exc.strerror or exc}): another process uses "
+                              "the port; pass another --port (or --port 0 for any free one)") from None
+
+
 def ui_url(host: str, port: int) -> str:
     shown = LOOPBACK if host in ("0.0.0.0", "::") else host
     return f"http://{shown}:{port}"
@@ -99,6 +113,11 @@ def _tail(log: IO[bytes] | None, n: int = 2000) -> str:
     return log.read().decode(errors="replace")[-n:]
 
 
+def _last_line(log: IO[bytes] | None) -> str:
+    lines = [line.strip() for line in _tail(log).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(empty)"
+
+
 def start_ui(study_dir: str | Path, port: int = 5000, host: str = LOOPBACK, allow_remote: bool = False,
              allowed_hosts: str | None = None, timeout_s: float = 180.0,
              log: IO[bytes] | None = None) -> tuple[subprocess.Popen, str]:
@@ -113,6 +132,7 @@ def start_ui(study_dir: str | Path, port: int = 5000, host: str = LOOPBACK, allo
         raise ConfigError(f"refusing to serve the MLflow UI on {host}: it has no authentication. "
                           "Bind 127.0.0.1 and port-forward, or pass --host explicitly to accept the risk")
     port = free_port() if port == 0 else port
+    check_port_free(host, port)
     paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     out = log if log is not None else tempfile.TemporaryFile()
     # no telemetry; no GenAI job runner (it forks seven huey consumers the UI does not need)
@@ -126,9 +146,10 @@ def start_ui(study_dir: str | Path, port: int = 5000, host: str = LOOPBACK, allo
         while not _answers(url):
             if proc.poll() is not None:
                 raise IrrRayError(f"mlflow server exited with code {proc.returncode} before answering on "
-                                  f"{url} (port in use? try --port):\n{_tail(out)}")
+                                  f"{url} (port in use? try --port); last log line: {_last_line(out)}")
             if time.monotonic() > deadline:
-                raise IrrRayError(f"mlflow server did not answer on {url} within {timeout_s:.0f} s:\n{_tail(out)}")
+                raise IrrRayError(f"mlflow server did not answer on {url} within {timeout_s:.0f} s; "
+                                  f"last log line: {_last_line(out)}")
             time.sleep(0.5)
     except BaseException:  # includes Ctrl-C while waiting: never leave a server behind
         stop_ui(proc)

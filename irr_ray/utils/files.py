@@ -36,8 +36,16 @@ def tree_sha256(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory beside ``final``; rename it to ``final`` only on success."""
+    """Yield a temporary directory beside ``final``; rename it to ``final`` only on success.
+
+    An existing *directory* ``final`` is replaced (callers check first that it is their own output,
+    :mod:`irr_ray.preflight`); an existing file or link at ``final`` is never touched: an error.
+    """
     final = Path(final)
+    if (final.is_symlink() and not final.exists()) or (final.exists() and not final.is_dir()):
+        from irr_ray.preflight import OutputExistsError
+
+        raise OutputExistsError(f"{final} is an existing file; irr-ray never writes a directory over it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

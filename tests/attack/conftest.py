@@ -58,6 +58,7 @@ def attacked_study(organism_dir: Path, study_data: Path, ray_local, tmp_path_fac
     from irr_ray.attack.taskgroup import run_attack_all
     from irr_ray.study import StudyPaths
     from irr_ray.tracking.mlflow_utils import get_or_create_experiment, sqlite_uri
+    from irr_ray.tracking.names import ROLE_TAG, SWEEP_ROLE
 
     paths = StudyPaths.at(tmp_path_factory.mktemp("study"))
     shutil.copytree(study_data, paths.data)
@@ -65,7 +66,7 @@ def attacked_study(organism_dir: Path, study_data: Path, ray_local, tmp_path_fac
     # What the sweep leaves behind: a parent run with one child run per trial.
     exp = get_or_create_experiment("attack-test-study", uri, paths.mlflow_artifacts)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    parent = client.create_run(exp, run_name="sweep", tags={"irr_ray.role": "sweep"}).info.run_id
+    parent = client.create_run(exp, run_name="sweep", tags={ROLE_TAG: SWEEP_ROLE}).info.run_id
     trial = client.create_run(exp, run_name="trial_a", tags={"mlflow.parentRunId": parent}).info.run_id
     client.log_metric(trial, "train/loss", 1.0, step=0)
     client.set_terminated(trial, "FINISHED")

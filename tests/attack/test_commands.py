@@ -12,7 +12,7 @@ from irr_ray.attack.config import AttackConfig
 from irr_ray.attack.evaluate import make_evaluator
 from irr_ray.attack.iterated import run_iterated_attack
 from irr_ray.attack.prompts import load_prompt_sets
-from irr_ray.attack.run import attack_model, model_fingerprint
+from irr_ray.attack.run import attack_model, model_identity_key
 from irr_ray.cli import main
 from irr_ray.contracts import K0Doc
 from irr_ray.models.loading import load_model, load_tokenizer
@@ -34,7 +34,7 @@ def test_eval_command_writes_k0(organism_dir: Path, study_data: Path, tmp_path: 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"--model": "MISSING"}, "has no config.json"),
+        ({"--model": "MISSING"}, "does not exist"),
         ({"--data-dir": "MISSING"}, "train.parquet"),
         ({"--set": "k_maxx=2"}, "unknown key"),
         ({"--set": "kl_threshold=-1"}, "kl_threshold"),
@@ -70,7 +70,7 @@ def test_interrupted_attack_resumes(organism_dir: Path, study_data: Path, tmp_pa
 
     with pytest.raises(KeyboardInterrupt):
         run_iterated_attack(model, tokenizer, prompts, cfg, evaluator, work_dir=work,
-                            model_key=model_fingerprint(model_path), on_step=stop_after_k1)
+                            model_key=model_identity_key(model_path), on_step=stop_after_k1)
     first = json.loads((work / "state.json").read_text())
     assert first["k"] == 1 and not out.exists()
 

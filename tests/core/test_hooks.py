@@ -1,5 +1,5 @@
 """Residual capture, three-site ablation (plain and batched) and activation addition on a tiny random
-model of every supported family (see conftest_hooks.py)."""
+model of every supported family (built by tiny_models.py)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_residual_capture_streams_and_rejects_misuse() -> None:
         # A plain forward inside the context records all layers (no early stop) for the caller.
         _logits(model, batches[0])
         torch.testing.assert_close(cap.residuals, streamed[0])
-    for b, acts in zip(batches, streamed):
+    for b, acts in zip(batches, streamed, strict=True):
         torch.testing.assert_close(
             acts, capture_residuals(model, b["input_ids"], b["attention_mask"], layers=[0, 2], positions=[-1])
         )
