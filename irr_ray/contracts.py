@@ -1,6 +1,7 @@
 """Typed contracts of every file one stage writes and another reads.
 
-One pydantic model per file, used by the writer (``Model(...).write(path)``) and the reader
+One pydantic model per file (:class:`AttackDoc`, :class:`K0Doc`, :class:`TrialDoc`,
+:class:`DataManifest`, :class:`OrganismSummary`), used by the writer (``Model(...).write(path)``) and the reader
 (``Model.read(path)``), so a field that one side renames breaks a test instead of a study. Each
 document carries ``schema_version``; a file from another version is refused with a one-line error
 that names the file and says which stage to rerun (old results are never silently re-read).
@@ -11,8 +12,8 @@ file                                   written by                  read by
 ``attacks/<m>/attack.json``            :mod:`irr_ray.attack.run`   report, MLflow logging, tests
 ``attacks/<m>/k0.json``                :mod:`irr_ray.attack.run`   report, attack-all (source K=0)
 ``checkpoints/<trial>/trial.json``     train (single, sweep)       report, attack-all
-``data/manifest.json``                 :mod:`irr_ray.data.stage`   users, resume keys
-``organism/summary.json``              :mod:`irr_ray.organism`     tests, users
+``data/manifest.json``                 :mod:`irr_ray.data.stage`   the data stage (resume), users
+``organism/summary.json``              :mod:`irr_ray.organism`     the build cache, tests, users
 =====================================  ==========================  ==============================
 
 **K-curve rows** (:class:`CurveRow`, one per K = 0 … K_max). For each class c ∈ {harmful, harmless}
@@ -222,3 +223,50 @@ class TrialDoc(Contract):
     def knob(self, name: str) -> Any:
         """A training knob as trained (``config``), e.g. ``lambda_cov``."""
         return self.config.get(name)
+
+
+# ---------------------------------------------------------------------------- data and organism
+
+
+class DataManifest(Contract):
+    """``data/manifest.json``: what the data stage read, computed and wrote (no secrets)."""
+
+    SCHEMA: ClassVar[int] = 1
+    RERUN: ClassVar[str] = "`irr-ray data`"
+
+    stage: Literal["data"] = "data"
+    source: dict[str, Any]
+    source_model: dict[str, Any]
+    judge: dict[str, Any]
+    seed: int
+    config: dict[str, Any]
+    keys: dict[str, str]
+    stages: dict[str, str]
+    counts: dict[str, Any]  # incl. ``dedup``: rows in, distinct prompts, repeats and label conflicts dropped
+    filter: dict[str, Any]
+    judge_parse_errors: int
+    refusal_rate_by_class: dict[str, float]
+    outputs: dict[str, str]  # file name -> sha256
+    run: dict[str, int] = {}  # what this invocation computed (0 generated rows = all reused)
+
+
+class OrganismSummary(Contract):
+    """``organism/summary.json``: the build's key, sizes, timings, measured behaviour and checks."""
+
+    SCHEMA: ClassVar[int] = 1
+    RERUN: ClassVar[str] = "`irr-ray organism build`"
+
+    build_hash: str
+    version: str
+    seed: int
+    threads: int
+    build_seconds: float
+    timings: dict[str, float]
+    sizes: dict[str, Any]
+    training: dict[str, Any]
+    heldout: dict[str, Any]
+    refusal_tokens: list[str]
+    behaviour: dict[str, Any]
+    thresholds: dict[str, Any]
+    checks: dict[str, bool]
+    config: dict[str, Any]

@@ -196,7 +196,8 @@ class BehaviourEvaluator:
             return list(self.k0_generate(list(prompts)))
         return generate_greedy(self.model, self.tokenizer, list(prompts),
                                max_new_tokens=self.generation.max_new_tokens,
-                               batch_size=self.generation.batch_size, intervention=self._intervention(directions))
+                               batch_size=self.generation.batch_size, intervention=self._intervention(directions),
+                               engine=self.generation.engine)
 
     def _intervention(self, directions: torch.Tensor | None) -> Any:
         if directions is None or directions.shape[0] == 0:

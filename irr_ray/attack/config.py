@@ -27,6 +27,10 @@ class EvalGenerationConfig(StrictModel):
                           "evaluations run under ablation hooks, which need the hf backend")
     batch_size: int = Field(32, ge=1, description="prompts per generate call")
     max_new_tokens: int = Field(64, ge=1, description="greedy tokens per response")
+    engine: Literal["hf-generate", "shrinking"] = Field(
+        "hf-generate", description="hf backend: transformers generate, or the decode loop that drops rows at "
+                                   "end-of-turn (identical greedy replies on the organism; opt-in until "
+                                   "measured on real models: `irr-ray bench attack --eval-split`)")
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
 
 

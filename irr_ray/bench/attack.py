@@ -21,6 +21,13 @@ Batching candidates per forward pays mostly on a GPU. Models:
 
 Prompts: the organism's WildGuardMix-shaped rows (no model needed) with its word-level tokenizer.
 CPU runs use one torch thread.
+
+``--eval-split`` (:func:`run_eval_split`) reports instead where an attack iteration's time goes: seconds
+in extraction, candidate scoring and behavioural evaluation (the production scorer and generation
+path) on the organism (``--eval-split-wide``: also the random 4-layer model of Llama-3.2-1B's width);
+one behavioural evaluation with HF ``generate`` vs the shrinking decode loop
+(:mod:`irr_ray.generation.hf`), alternated, replies checked string-equal; and the same split in FLOPs
+for Llama-3.2-1B's full shape with the paper's settings (:func:`split_flops`, counted, not run).
 """
 
 from __future__ import annotations
@@ -308,6 +315,8 @@ def gpu_report(result: dict[str, Any], device: str, quick: bool) -> dict[str, An
 def run(args: argparse.Namespace) -> int:
     from irr_ray.models.loading import default_device
 
+    if getattr(args, "eval_split", False):
+        return run_eval_split(args)
     device = args.device or default_device()
     results = []
     if device.startswith("cuda"):
@@ -345,3 +354,285 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+# ------------------------------------------------------------------ --eval-split: where an iteration's time goes
+
+PAPER_ATTACK = {"score_n": 32, "extract_n": 128, "eval_n": 100, "max_new_tokens": 256, "k_max": 16}
+WILDGUARD_PARAMS = 7.24e9  # the judge (Mistral-7B-based), for the optional judge column of the FLOP split
+
+
+def _timed(fn: Any, device: str) -> tuple[Any, float]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def evaluator_with_engine(evaluator: Any, engine: str) -> Any:
+    """A copy of ``evaluator`` (same prompts, judge, calibrated bound, cached K=0 logits) whose
+    replies come from generation ``engine`` (``hf-generate``: HF ``generate``; ``shrinking``: the
+    decode loop that drops finished rows); everything else unchanged."""
+    copy = evaluator.__class__.__new__(evaluator.__class__)
+    copy.__dict__.update(evaluator.__dict__)
+    copy.generation = evaluator.generation.model_copy(update={"engine": engine})
+    return copy
+
+
+def split_iterations(model: Any, tokenizer: Any, model_path: str, prompts: Any, cfg: AttackConfig,
+                     iterations: int, name: str) -> tuple[dict[str, Any], Any, list[torch.Tensor]]:
+    """Run ``iterations`` attack iterations as :func:`irr_ray.attack.iterated.run_iterated_attack` does
+    (extract → score (production scorer) → select → behavioural evaluation with the production
+    generation path) and time each part. Returns (result, evaluator, raw chosen directions)."""
+    from irr_ray.attack.evaluate import make_evaluator
+    from irr_ray.attack.scoring import make_scorer
+
+    device = str(next(model.parameters()).device)
+    _, ids = refusal_token_ids(model, tokenizer, cfg.refusal_tokens)
+    layers = cfg.candidate_layer_indices(get_layout(model).num_layers)
+    harmful = encode_batches(tokenizer, prompts.extract.harmful, cfg.extract_batch_size, device, cfg.max_prompt_tokens)
+    harmless = encode_batches(tokenizer, prompts.extract.harmless, cfg.extract_batch_size, device,
+                              cfg.max_prompt_tokens)
+    evaluator, _ = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg)
+    _, k0_s = _timed(lambda: evaluator.run(None), device)
+    scorer = make_scorer(model, tokenizer, prompts.score, ids, cfg)
+    rows, chosen = [], []
+    width = model.config.hidden_size
+    for k in range(1, iterations + 1):
+        q = orthonormalize(torch.stack(chosen)).to(device) if chosen else None
+        candidates, ext = _timed(lambda: mean_difference_candidates(model, harmful, harmless, layers, cfg.positions,
+                                                                    q), device)  # noqa: B023
+        scores, sc = _timed(lambda: scorer.score(candidates, [c.to(device) for c in chosen]), device)  # noqa: B023
+        chosen.append(candidates[select_direction(scores, cfg)].vector.detach().float().cpu())
+        qk = orthonormalize(torch.stack(chosen)).reshape(-1, width)
+        behaviour, ev = _timed(lambda: evaluator.run(qk), device)  # noqa: B023
+        rows.append({"K": k, "extract_s": ext, "score_s": sc, "eval_s": ev, "candidates": len(candidates),
+                     "refusal_harmful": behaviour.refusal_harmful})
+        print(f"  [{name}] K={k}: extract {ext:.2f}s | score {sc:.2f}s ({len(candidates)} candidates) | "
+              f"eval {ev:.2f}s | harmful refused {behaviour.refusal_harmful:.2f}", flush=True)
+    n = len(rows)
+    mean = {key: sum(r[key] for r in rows) / n for key in ("extract_s", "score_s", "eval_s")}
+    total = sum(mean.values())
+    return ({"name": name, "device": device, "extract_n": cfg.extract_n, "score_n": cfg.score_n,
+             "eval_n": [len(prompts.eval.harmful), len(prompts.eval.harmless)],
+             "max_new_tokens": cfg.generation.max_new_tokens, "k0_eval_s": k0_s, "iterations": rows,
+             **{f"{key}_per_iter": v for key, v in mean.items()},
+             **{f"{key[:-2]}_share": v / total for key, v in mean.items()}}, evaluator, chosen)
+
+
+def eval_engines(evaluator: Any, directions: torch.Tensor, repeats: int, sort_by_length: bool = True) -> dict[str, Any]:
+    """Seconds per behavioural evaluation (whole :meth:`BehaviourEvaluator.run`) and per generation
+    alone, old (HF ``generate``) vs new (the shrinking loop), ``directions`` ablated; the two sides
+    alternate (ABBA…) so load drifts hit both alike. Replies must be string-equal."""
+    from irr_ray.core.hooks import ablate_directions
+    from irr_ray.generation.hf import generate_greedy
+
+    model, tok = evaluator.model, evaluator.tokenizer
+    device = str(next(model.parameters()).device)
+    d = directions.to(device)
+    prompts, gen = evaluator._all, evaluator.generation
+    old_eval = evaluator_with_engine(evaluator, "hf-generate")
+    new_eval = evaluator_with_engine(evaluator, "shrinking")
+
+    def generate(engine: str, sort: bool = False) -> list[str]:
+        return generate_greedy(model, tok, prompts, gen.max_new_tokens, gen.batch_size,
+                               lambda: ablate_directions(model, d), engine=engine, sort_by_length=sort)
+
+    sides: dict[str, Any] = {
+        "eval_old": lambda: old_eval.run(directions), "eval_new": lambda: new_eval.run(directions),
+        "gen_old": lambda: generate("hf-generate"), "gen_new": lambda: generate("shrinking"),
+    }
+    if sort_by_length:
+        sides["gen_new_sorted"] = lambda: generate("shrinking", True)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    outputs: dict[str, Any] = {}
+    for rep in range(repeats):
+        for key in (sides if rep % 2 == 0 else reversed(list(sides))):
+            outputs[key], t = _timed(sides[key], device)
+            times[key].append(t)
+    best = {k: min(v) for k, v in times.items()}
+    same = outputs["gen_old"] == outputs["gen_new"] and outputs["eval_old"] == outputs["eval_new"]
+    if sort_by_length:
+        same = same and outputs["gen_new_sorted"] == outputs["gen_old"]
+    lengths = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in outputs["gen_old"]]
+    return {"repeats": repeats, "seconds": times, "best_s": best, "identical_replies": same,
+            "eval_ratio": best["eval_old"] / best["eval_new"], "generation_ratio": best["gen_old"] / best["gen_new"],
+            **({"generation_ratio_sorted": best["gen_old"] / best["gen_new_sorted"]} if sort_by_length else {}),
+            "n_prompts": len(prompts), "mean_reply_tokens": sum(lengths) / len(lengths),
+            "replies_at_limit": sum(n >= gen.max_new_tokens for n in lengths)}
+
+
+def _decode_flops(config: Any, rows: int, prompt_len: int, new_tokens: int) -> float:
+    """Matmul FLOPs of ``new_tokens − 1`` cached decode steps (the first token comes from the
+    prefill): per token and block 2·weights + 4·context·heads·head_dim, LM head 2·D·V."""
+    if new_tokens <= 1:
+        return 0.0
+    d, heads = config.hidden_size, config.num_attention_heads
+    hd = getattr(config, "head_dim", None) or d // heads
+    one = forward_flops(config, rows, 1, config.num_hidden_layers, rows) - rows * config.num_hidden_layers * 4 * heads * hd
+    steps = new_tokens - 1
+    context = steps * prompt_len + steps * (steps + 1) // 2  # Σ_t (P + t)
+    return steps * one + rows * config.num_hidden_layers * 4 * heads * hd * context
+
+
+def split_flops(shape: dict[str, Any], cfg: AttackConfig, extract: PromptPair, score: PromptPair, evaluate: PromptPair,
+                max_new_tokens: int, reply_tokens: float | None = None) -> dict[str, float]:
+    """FLOPs of one attack iteration, by part, for a model ``shape`` (counted, not run).
+
+    Forward FLOPs ≈ 2·params·tokens, plus attention's 4·T·D per token and block
+    (:func:`forward_flops`); token counts from the prompts' chat-formatted lengths.
+
+    * ``extract``: one forward of the extraction prompts of both classes up to the last candidate
+      layer (no LM head): Σ_batches 2·W_block·rows·T·max(layers) (+ attention).
+    * ``score``: between the refusal floor (one harmful-prompt forward per candidate, head at the last
+      position; every exact scorer runs it) and the reference scorer (per candidate 1 harmful +
+      2 harmless forwards, head at every position, + the KL baseline); the fast scorer lies in between.
+    * ``eval``: generation = prefill (head at the last position) + ``reply_tokens − 1`` cached decode
+      steps per row (default: every row to ``max_new_tokens``, which HF ``generate`` pays whenever a
+      batch holds one reply that never ends; the shrinking loop pays each row's own length), + the
+      reply-NLL forward of prompt + reply (head on the reply) + the first-token forward of the prompts.
+    * ``judge``: WildGuard-7B reading prompt + reply once, 2·7.24e9·tokens (its few output tokens
+      and chat template ignored) — on a separate engine, outside the ablation hooks.
+    """
+    from transformers import LlamaConfig
+
+    from irr_ray.organism.tokenizer import build_tokenizer
+
+    config, tok = LlamaConfig(**shape), build_tokenizer()
+    layers = cfg.candidate_layer_indices(config.num_hidden_layers)
+    n_cand = len(layers) * len(cfg.positions)
+    bs = cfg.extract_batch_size
+    extract_f = sum(forward_flops(config, *b["input_ids"].shape, max(layers), 0)
+                    for b in encode_batches(tok, [*extract.harmful, *extract.harmless], bs))
+    floor = n_cand * prompt_flops(config, tok, score.harmful, bs, all_positions=False)
+    reference = reference_scoring_flops(config, tok, score, bs, n_cand)
+    new = max_new_tokens if reply_tokens is None else reply_tokens
+    gen_f = nll_f = first_f = 0.0
+    prompts = [*evaluate.harmful, *evaluate.harmless]
+    gbs = cfg.generation.batch_size
+    for b in encode_batches(tok, prompts, gbs):
+        rows, seq = b["input_ids"].shape
+        gen_f += forward_flops(config, rows, seq, config.num_hidden_layers, rows)
+        gen_f += _decode_flops(config, rows, seq, int(round(new)))
+        nll_f += forward_flops(config, rows, seq + int(round(new)), config.num_hidden_layers, rows * int(round(new)))
+        first_f += forward_flops(config, rows, seq, config.num_hidden_layers, rows)
+    lengths = [len(x) for x in tok([*evaluate.harmful, *evaluate.harmless], add_special_tokens=False)["input_ids"]]
+    judge_f = 2 * WILDGUARD_PARAMS * (sum(lengths) + len(lengths) * new)
+    return {"extract": extract_f, "score_floor": floor, "score_reference": reference,
+            "eval_generate": gen_f, "eval_nll_first_token": nll_f + first_f, "eval": gen_f + nll_f + first_f,
+            "judge": judge_f, "candidates": float(n_cand)}
+
+
+def paper_flop_split() -> dict[str, Any]:
+    """:func:`split_flops` for Llama-3.2-1B's full shape with the paper's settings (score_n 32,
+    extract_n 128, eval_n 100 + 100, 256 new tokens, K_max 16), prompts from the organism's rows."""
+    p = PAPER_ATTACK
+    cfg = AttackConfig(score_n=p["score_n"], extract_n=p["extract_n"], eval_n=p["eval_n"], k_max=p["k_max"])
+    extract, score = organism_prompts(cfg.extract_n, cfg.score_n)
+    evaluate, _ = organism_prompts(p["eval_n"], 0, seed=1)
+    per_iter = split_flops(LLAMA_1B, cfg, extract, score, evaluate, p["max_new_tokens"])
+    short = split_flops(LLAMA_1B, cfg, extract, score, evaluate, p["max_new_tokens"], reply_tokens=64)
+    return {"settings": p, "per_iteration": per_iter, "eval_if_replies_end_at_64": short["eval"],
+            "per_attack_k_max": {k: v * p["k_max"] for k, v in per_iter.items() if k != "candidates"}}
+
+
+def _organism_sets(organism_dir: str, cfg: AttackConfig, study_data: str | None) -> Any:
+    """Extraction / scoring / evaluation prompts: a study dataset (``--study-data``) as the attack
+    draws them, else the organism's own rows and its held-out evaluation prompts."""
+    from irr_ray.attack.prompts import PromptSets, load_prompt_sets
+    from irr_ray.organism import heldout_eval_prompts
+
+    if study_data:
+        return load_prompt_sets(study_data, cfg)
+    extract, score = organism_prompts(cfg.extract_n, cfg.score_n,
+                                      parquet=Path(organism_dir).expanduser() / "data" / "wildguardmix.parquet")
+    held = heldout_eval_prompts(cfg.eval_n or 100)
+    evaluate = PromptPair(held["harmful"][:cfg.eval_n], held["harmless"][:cfg.eval_n])
+    return PromptSets(extract=extract, score=score, probe=score, eval=evaluate)
+
+
+def _wide_split(quick: bool) -> dict[str, Any]:
+    """The split on a random 4-layer model of Llama-3.2-1B's width (vocab 8,192): a random model never
+    ends a reply, so every row runs to ``max_new_tokens`` on both engines. Small sizes (CPU)."""
+    import tempfile
+
+    shape = {**LLAMA_1B, "num_hidden_layers": 4, "vocab_size": 8192}
+    if quick:
+        shape.update(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_key_value_heads=2)
+    model, tok = random_llama(shape, "cpu", torch.float32)
+    cfg = AttackConfig(extract_n=16 if quick else 32, score_n=4 if quick else 8, eval_n=8 if quick else 16)
+    cfg.generation.max_new_tokens = 8 if quick else 16
+    extract, score = organism_prompts(cfg.extract_n, cfg.score_n)
+    evaluate, _ = organism_prompts(cfg.eval_n, 0, seed=1)
+    from irr_ray.attack.prompts import PromptSets
+
+    sets = PromptSets(extract=extract, score=score, probe=score, eval=evaluate)
+    with tempfile.TemporaryDirectory() as tmp:  # the judge reads the model's declared phrases from its dir
+        model.config.save_pretrained(tmp)
+        result, _, _ = split_iterations(model, tok, tmp, sets, cfg, 1, f"random 4-layer, width {shape['hidden_size']}")
+    result["note"] = f"vocab {shape['vocab_size']}, eval_n {cfg.eval_n}+{cfg.eval_n}, {cfg.generation.max_new_tokens} new"
+    return result
+
+
+def run_eval_split(args: argparse.Namespace) -> int:
+    """``irr-ray bench attack --eval-split``: the per-iteration time split, old vs new generation
+    engine on the behavioural evaluation, and the FLOP split at Llama-3.2-1B's full shape."""
+    from irr_ray.models.loading import load_model, load_tokenizer
+
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {}
+    splits = []
+    if args.organism_dir:
+        path = str(Path(args.organism_dir).expanduser() / "instruct")
+        cfg = AttackConfig(extract_n=32 if args.quick else 128, score_n=8 if args.quick else 32,
+                           eval_n=20 if args.quick else 100)
+        cfg.generation.max_new_tokens = 64
+        sets = _organism_sets(args.organism_dir, cfg, getattr(args, "study_data", None))
+        model, tok = load_model(path, device="cpu"), load_tokenizer(path)
+        result, evaluator, chosen = split_iterations(model, tok, path, sets, cfg, 1 if args.quick else 3,
+                                                     "organism instruct")
+        splits.append(result)
+        engines = eval_engines(evaluator, orthonormalize(chosen[0][None]), 2 if args.quick else args.eval_repeats)
+        out["engines"] = engines
+    else:
+        print("bench attack --eval-split: no --organism-dir, skipping the organism")
+    if args.eval_split_wide:
+        splits.append(_wide_split(args.quick))
+    out["splits"] = splits
+    out["flops"] = paper_flop_split()
+
+    print("\nseconds per attack iteration by part (CPU, 1 thread; production scorer and generation path):")
+    print(f"{'model':<32} {'extract':>8} {'score':>8} {'eval':>8}   shares (extract/score/eval)  note")
+    for r in splits:
+        print(f"{r['name']:<32} {r['extract_s_per_iter']:>7.2f}s {r['score_s_per_iter']:>7.2f}s "
+              f"{r['eval_s_per_iter']:>7.2f}s   {r['extract_share']:.0%} / {r['score_share']:.0%} / "
+              f"{r['eval_share']:.0%}   {r.get('note', '')}")
+    if "engines" in out:
+        e = out["engines"]
+        b = e["best_s"]
+        print(f"\nbehavioural evaluation, K=1 ablated, {e['n_prompts']} prompts, 64 new tokens (best of "
+              f"{e['repeats']}, alternated): hf-generate {b['eval_old']:.2f}s vs shrinking {b['eval_new']:.2f}s "
+              f"= {e['eval_ratio']:.2f}x; generation alone {b['gen_old']:.2f}s vs {b['gen_new']:.2f}s = "
+              f"{e['generation_ratio']:.2f}x" + (f" (sorted by length: {e['generation_ratio_sorted']:.2f}x)"
+                                                 if "generation_ratio_sorted" in e else ""))
+        print(f"  identical replies: {e['identical_replies']}; mean reply {e['mean_reply_tokens']:.1f} tokens, "
+              f"{e['replies_at_limit']} of {e['n_prompts']} at the 64-token limit")
+    f = out["flops"]["per_iteration"]
+    s = out["flops"]["settings"]
+    print(f"\nTFLOPs per iteration, Llama-3.2-1B full shape (counted, not run; score_n {s['score_n']}, extract_n "
+          f"{s['extract_n']}, eval_n {s['eval_n']}+{s['eval_n']}, {s['max_new_tokens']} new tokens, "
+          f"{int(f['candidates'])} candidates):")
+    print(f"  extract {f['extract'] / 1e12:.1f} | score {f['score_floor'] / 1e12:.1f} (floor) … "
+          f"{f['score_reference'] / 1e12:.1f} (reference) | eval {f['eval'] / 1e12:.1f} (generation "
+          f"{f['eval_generate'] / 1e12:.1f}, every row to {s['max_new_tokens']}; "
+          f"{out['flops']['eval_if_replies_end_at_64'] / 1e12:.1f} if replies end at 64) | judge (WildGuard-7B) "
+          f"{f['judge'] / 1e12:.1f}")
+    print(f"  × K_max {s['k_max']}: " + ", ".join(f"{k} {v / 1e15:.2f} PFLOP"
+                                                 for k, v in out["flops"]["per_attack_k_max"].items()))
+    if "engines" in out and not out["engines"]["identical_replies"]:
+        print("WARNING: the shrinking loop's replies differ from hf-generate's")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
+    return 0 if "engines" not in out or out["engines"]["identical_replies"] else 1

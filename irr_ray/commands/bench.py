@@ -19,6 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--organism-dir", default=None, help="organism directory (for stage benchmarks)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--eval-split", action="store_true",
+                        help="attack: seconds per iteration in extraction / scoring / behavioural evaluation, "
+                             "hf-generate vs the shrinking loop on the evaluation, and the FLOP split at "
+                             "Llama-3.2-1B's shape")
+    parser.add_argument("--eval-split-wide", action="store_true",
+                        help="attack --eval-split: also a random 4-layer model of Llama-3.2-1B's width (slower)")
+    parser.add_argument("--eval-repeats", type=int, default=3, help="attack --eval-split: alternated repeats per side")
+    parser.add_argument("--study-data", default=None,
+                        help="attack --eval-split: a study data dir (train/holdout.parquet) for the organism's "
+                             "prompts (default: the organism's own rows and held-out prompts)")
 
 
 def run(args: argparse.Namespace) -> int:

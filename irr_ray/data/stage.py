@@ -38,14 +38,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from irr_ray.config import config_dict, stable_hash
+from irr_ray.contracts import DataManifest
 from irr_ray.data.config import DataConfig
 from irr_ray.data.ingest import read_source
 from irr_ray.data.prepare import PREPARE_VERSION, class_counts, prepare_prompts
 from irr_ray.data.split import filter_train, stratified_split, to_table
 from irr_ray.data.validate import validate_raw
-from irr_ray.errors import ConfigError
+from irr_ray.errors import ConfigError, IrrRayError
 from irr_ray.judges.base import JUDGE_COLUMNS, judge_spec
-from irr_ray.utils.files import atomic_dir, atomic_path, file_sha256, tree_sha256, write_json_atomic
+from irr_ray.utils.files import atomic_dir, atomic_path, file_sha256, tree_sha256
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +85,20 @@ def _write_parquet_dir(final_dir: Path, name: str, frame: pd.DataFrame) -> Path:
     return final_dir / name
 
 
-def _finished(out: Path, key: str) -> dict | None:
-    """The manifest if ``out`` already holds the split for ``key`` with intact outputs."""
-    import json
-
+def _finished(out: Path, key: str) -> DataManifest | None:
+    """The manifest if ``out`` already holds the split for ``key`` with intact outputs (a manifest of
+    another schema version, or unreadable, means: not finished — the stage recomputes)."""
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except ValueError:
+        manifest = DataManifest.read(manifest_path)
+    except IrrRayError:
         return None
-    if manifest.get("keys", {}).get("split") != key:
+    if manifest.keys.get("split") != key:
         return None
-    hashes = manifest.get("outputs", {})
     for name in OUTPUTS:
-        if not (out / name).is_file() or hashes.get(name) != file_sha256(out / name):
+        if not (out / name).is_file() or manifest.outputs.get(name) != file_sha256(out / name):
             return None
     return manifest
 
@@ -249,9 +248,9 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path) -> Path:
     done = _finished(out, keys["split"])
     if done is not None:
         log.info("data: %s is up to date (key %s); nothing recomputed", out, keys["split"])
-        done["stages"] = {name: "reused" for name in keys}
-        done["run"] = {"generated_rows": 0, "judged_rows": 0, "resumed_rows": 0}
-        write_json_atomic(out / "manifest.json", done)
+        done.stages = {name: "reused" for name in keys}
+        done.run = {"generated_rows": 0, "judged_rows": 0, "resumed_rows": 0}
+        done.write(out / "manifest.json")
         return out
 
     work = out / WORK
@@ -285,8 +284,8 @@ def run_data_stage(cfg: DataConfig, out_dir: str | Path) -> Path:
             pq.write_table(to_table(frame), tmp)
     manifest = build_manifest(cfg, table, model_hash, spec, keys, stages, counts, full, train, holdout,
                               filter_stats, out)
-    manifest["run"] = counters  # what this invocation computed (0 generated rows = all reused)
-    write_json_atomic(out / "manifest.json", manifest)
+    manifest.run = counters  # what this invocation computed (0 generated rows = all reused)
+    manifest.write(out / "manifest.json")
     log.info("data: wrote %s (train %d, holdout %d)", out, len(train), len(holdout))
     return out
 
@@ -298,25 +297,20 @@ def _refusal_rates(frame: pd.DataFrame) -> dict[str, float]:
 
 def build_manifest(cfg: DataConfig, table, model_hash: str, spec: dict, keys: dict, stages: dict,
                    counts: dict, full: pd.DataFrame, train: pd.DataFrame, holdout: pd.DataFrame,
-                   filter_stats: dict, out: Path) -> dict[str, Any]:
+                   filter_stats: dict, out: Path) -> DataManifest:
     """Everything needed to trust and reproduce the split (no secrets: tokens never enter config)."""
-    return {
-        "stage": "data",
-        "source": {"name": table.name, "files": list(table.files), "content_hash": table.content_hash},
-        "source_model": {"path": cfg.source_model, "hash": model_hash},
-        "judge": spec,
-        "seed": cfg.seed,
-        "config": config_dict(cfg),
-        "keys": keys,
-        "stages": stages,
-        "counts": {
-            **counts,
-            "judged": class_counts(full),
-            "train": class_counts(train),
-            "holdout": class_counts(holdout),
-        },
-        "filter": filter_stats,
-        "judge_parse_errors": int(full["judge_parse_error"].sum()),
-        "refusal_rate_by_class": _refusal_rates(full),
-        "outputs": {name: file_sha256(out / name) for name in OUTPUTS},
-    }
+    return DataManifest(
+        source={"name": table.name, "files": list(table.files), "content_hash": table.content_hash},
+        source_model={"path": cfg.source_model, "hash": model_hash},
+        judge=spec,
+        seed=cfg.seed,
+        config=config_dict(cfg),
+        keys=keys,
+        stages=stages,
+        counts={**counts, "judged": class_counts(full), "train": class_counts(train),
+                "holdout": class_counts(holdout)},
+        filter=filter_stats,
+        judge_parse_errors=int(full["judge_parse_error"].sum()),
+        refusal_rate_by_class=_refusal_rates(full),
+        outputs={name: file_sha256(out / name) for name in OUTPUTS},
+    )

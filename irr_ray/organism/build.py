@@ -16,7 +16,6 @@ returned as is.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import random
 import time
@@ -28,6 +27,8 @@ from typing import Any
 import torch
 
 from irr_ray.config import config_dict, stable_hash
+from irr_ray.contracts import OrganismSummary
+from irr_ray.errors import IrrRayError
 from irr_ray.organism import behaviour, dataset, prompts
 from irr_ray.organism.config import OrganismConfig
 from irr_ray.organism.model import make_config, new_model
@@ -35,7 +36,7 @@ from irr_ray.organism.recipe import corpus
 from irr_ray.organism.recipe.train import pretrain, safety_train
 from irr_ray.organism.tokenizer import build_tokenizer
 from irr_ray.organism.vocab import templates as T
-from irr_ray.utils.files import atomic_dir, write_json_atomic
+from irr_ray.utils.files import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class OrganismPaths:
         return self.root / SUMMARY
 
     def load_summary(self) -> dict[str, Any]:
-        return json.loads(self.summary.read_text())
+        """``summary.json`` as a dict (validated against :class:`irr_ray.contracts.OrganismSummary`)."""
+        return OrganismSummary.read(self.summary).to_json()
 
 
 def build_key(cfg: OrganismConfig, seed: int) -> str:
@@ -92,8 +94,8 @@ def cached_build(out_dir: str | Path, key: str) -> bool:
     if not summary.is_file():
         return False
     try:
-        return json.loads(summary.read_text()).get("build_hash") == key
-    except (OSError, json.JSONDecodeError):
+        return OrganismSummary.read(summary).build_hash == key
+    except IrrRayError:  # unreadable or another schema version: rebuild
         return False
 
 
@@ -131,7 +133,7 @@ def _parquet_stats(rows: list[dict]) -> dict[str, Any]:
     }
 
 
-def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> dict[str, Any]:
+def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> OrganismSummary:
     timings: dict[str, float] = {}
     t = time.perf_counter()
 
@@ -171,28 +173,28 @@ def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> dict[str, Any
 
     behave = behaviour.measure(model, base, tok, seed, cfg.selection, cfg.eval)
     lap("measure")
-    return {
-        "build_hash": key,
-        "version": ORGANISM_VERSION,
-        "seed": seed,
-        "threads": cfg.threads,
-        "build_seconds": round(time.perf_counter() - start, 1),
-        "timings": timings,
-        "sizes": {
+    return OrganismSummary(
+        build_hash=key,
+        version=ORGANISM_VERSION,
+        seed=seed,
+        threads=cfg.threads,
+        build_seconds=round(time.perf_counter() - start, 1),
+        timings=timings,
+        sizes={
             "parameters": sum(p.numel() for p in model.parameters()),
             "vocab": len(tok),
             "layers": m.num_layers,
             "hidden": m.hidden_size,
             "data": _parquet_stats(rows),
         },
-        "training": {"pretrain": pre_stats, "safety": safety_stats},
-        "heldout": prompts.heldout_description(),
-        "refusal_tokens": list(T.REFUSAL_TOKENS),
-        "behaviour": behave,
-        "thresholds": THRESHOLDS,
-        "checks": check_behaviour(behave),
-        "config": config_dict(cfg),
-    }
+        training={"pretrain": pre_stats, "safety": safety_stats},
+        heldout=prompts.heldout_description(),
+        refusal_tokens=list(T.REFUSAL_TOKENS),
+        behaviour=behave,
+        thresholds=THRESHOLDS,
+        checks=check_behaviour(behave),
+        config=config_dict(cfg),
+    )
 
 
 def build_organism(out_dir: str | Path, seed: int = 0, config: OrganismConfig | None = None) -> OrganismPaths:
@@ -208,8 +210,8 @@ def build_organism(out_dir: str | Path, seed: int = 0, config: OrganismConfig | 
     try:
         with atomic_dir(out) as tmp:
             summary = _build(tmp, cfg, seed, key)
-            write_json_atomic(tmp / SUMMARY, summary)
+            summary.write(tmp / SUMMARY)
     finally:
         torch.set_num_threads(threads)
-    log.info("organism built at %s in %.0f s", out, summary["build_seconds"])
+    log.info("organism built at %s in %.0f s", out, summary.build_seconds)
     return OrganismPaths(out, key, from_cache=False)
