@@ -274,9 +274,9 @@ def _check_family(d: Path, config: dict) -> str:
             f"a causal LM from it ({type(exc).__name__}); supported model_types: "
             f"{', '.join(sorted(families.LAYOUTS))}") from None
     if not any(families._match(model, mt, spec) for spec in families._STRUCTURAL):
-        raise UnsupportedArchitectureError(
-            f"unsupported architecture in {d / 'config.json'} (model_type={mt!r}): no known decoder-block "
-            f"layout; supported model_types: {', '.join(sorted(families.LAYOUTS))}")
+        looked_for = " or ".join(families._describe(spec) for spec in (families._LLAMA_LIKE, families._GPT2))
+        raise families._unsupported(model, mt, f"no known decoder-block layout in {d / 'config.json'} "
+                                               f"(looked for decoder blocks at {looked_for})")
     return mt
 
 

@@ -62,6 +62,6 @@ def test_short_budget_and_single_row_batches(organism) -> None:
 
 
 def test_unknown_engine_is_refused(organism) -> None:
-    model, tok, prompts = organism
+    model, tok, prompts, _ = organism
     with pytest.raises(ValueError, match="unknown engine"):
         generate_greedy(model, tok, prompts[:1], engine="vllm")
