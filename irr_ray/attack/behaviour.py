@@ -39,6 +39,7 @@ from irr_ray.core.outcomes import (
     implausible_opening,
     nll_bound,
 )
+from irr_ray.core.scoring import continuation_nll
 from irr_ray.core.stats import wilson_interval
 from irr_ray.generation.hf import generate_greedy
 from irr_ray.judges.base import Judge
@@ -71,7 +72,6 @@ class Behaviour:
     kl_harmless: float
     parse_errors: int = 0
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict, compare=False)
-    nll: torch.Tensor | None = field(default=None, compare=False, repr=False)  # per reply, harmful first
 
     @property
     def refusal_harmful(self) -> float:
@@ -126,29 +126,17 @@ def reply_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
     out = torch.full((len(prompts),), float("nan"), dtype=torch.float64)
     for lo in range(0, len(prompts), batch_size):
         rows = range(lo, min(lo + batch_size, len(prompts)))
-        seqs = [prompt_ids[i] + reply_ids[i] for i in rows]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for j, s in enumerate(seqs):  # left padding: fills one row of a tensor per reply
-            ids[j, width - len(s):] = torch.tensor(s)
-            mask[j, width - len(s):] = 1
         r = max(len(reply_ids[i]) for i in rows)
         if r < 2:
             continue
-        ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask),
-                       use_cache=False, logits_to_keep=r).logits.double()  # predicts the last r tokens
-        # logits[:, t] predicts token width − r + t + 1: the targets are the last r − 1 tokens
-        targets = ids[:, width - r + 1:]
-        logp = logits[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits[:, :-1].logsumexp(-1)
-        lengths = torch.tensor([len(reply_ids[i]) for i in rows], device=device)
-        offset = torch.arange(r - 1, device=device).unsqueeze(0)  # target t is reply token (t + 1 − (r − len))
-        reply_pos = offset + 1 - (r - lengths.unsqueeze(1))  # 0-based index in the reply
-        keep = reply_pos >= 1  # tokens 2 … n of each reply
-        n_kept = keep.sum(1)
-        mean = torch.where(n_kept > 0, -(logp * keep).sum(1) / n_kept.clamp_min(1), torch.nan)
-        out[lo:lo + len(seqs)] = mean.cpu()
+        ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(prompt_ids[i] + reply_ids[i]) for i in rows],
+                                              batch_first=True, padding_value=pad, padding_side="left")
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(prompt_ids[i]) + len(reply_ids[i]), dtype=torch.long)
+                                                for i in rows], batch_first=True, padding_side="left")
+        # of each row's last r − 1 tokens, keep reply tokens 2 … n (rows end with their reply)
+        lengths = torch.tensor([len(reply_ids[i]) for i in rows]).unsqueeze(1)
+        keep = torch.arange(1, r).unsqueeze(0) >= r - lengths + 1
+        out[lo:lo + len(rows)] = continuation_nll(model, ids.to(device), mask.to(device), keep.to(device)).cpu()
     return out, [list(x) for x in reply_ids]
 
 
@@ -271,4 +259,4 @@ class BehaviourEvaluator:
         }
         return Behaviour(harmful=per_class(0, nh), harmless=per_class(nh, len(prompts)),
                          kl_harmless=float(kl[nh:].mean()), parse_errors=parse_errors,
-                         examples=examples, nll=nll)
+                         examples=examples)

@@ -114,10 +114,15 @@ def _reference(model_path: str, cfg: AttackConfig, source: SourceBaseline | None
     return reference, source.nll_bound
 
 
-def source_baseline(source_model: str, data_dir: str | Path, cfg: AttackConfig, work: Path,
+def progress_dir(out: Path) -> Path:
+    """Where the attack writing ``out`` keeps its per-K progress (and its K=0 evaluation)."""
+    return out.parent / f".{out.name}.progress"
+
+
+def source_baseline(source_model: str, data_dir: str | Path, cfg: AttackConfig, path: Path,
                     judge_model: str | None = None) -> SourceBaseline:
-    """The source model's K=0 evaluation (cached in ``work/source_k0.json`` by model and config)."""
-    path = work / "source_k0.json"
+    """The source model's K=0 evaluation, cached in the ``k0.json``-shaped file ``path`` (keyed by
+    model and config, like an attack's own K=0 progress, so the source's attack can reuse it)."""
     key = progress_key(model_identity_key(source_model), cfg)
     if path.is_file():
         doc = K0Doc.read(path)
@@ -139,12 +144,12 @@ def attack_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_d
     if (out / ATTACK_JSON).is_file() and not force:
         log.info("%s exists: attack already finished", out / ATTACK_JSON)
         return AttackDoc.read(out / ATTACK_JSON)
-    work = out.parent / f".{out.name}.progress"
+    work = progress_dir(out)
     t0 = time.perf_counter()
     prompts = load_prompt_sets(data_dir, cfg)
     model, tokenizer = _load(model_path, cfg)  # an unsupported model is refused here, before any work
     if source is None and source_model and not _same_model(source_model, model_path):
-        source = source_baseline(source_model, data_dir, cfg, work, judge_model)
+        source = source_baseline(source_model, data_dir, cfg, work / "source_k0.json", judge_model)
     key = model_identity_key(model_path)
 
     k0_path = work / K0_JSON

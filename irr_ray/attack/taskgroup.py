@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from irr_ray.attack.config import AttackConfig
-from irr_ray.attack.run import ATTACK_JSON
+from irr_ray.attack.run import ATTACK_JSON, K0_JSON
 from irr_ray.config import config_dict
+from irr_ray.contracts import K0Doc
 from irr_ray.errors import ConfigError
 from irr_ray.study import StudyPaths
 from irr_ray.utils.files import write_json_atomic
@@ -84,13 +85,14 @@ def discover_models(paths: StudyPaths, source_model: str | None, base_model: str
     return specs
 
 
-def _source_task(source_model: str, data_dir: str, cfg: dict[str, Any], work: str,
+def _source_task(source_model: str, data_dir: str, cfg: dict[str, Any], cache: str,
                  judge_model: str | None) -> dict[str, Any]:
-    """The source model's K=0 baseline, once per study (a Ray task on the attack's resources)."""
+    """The source model's K=0 baseline, once per study (a Ray task on the attack's resources),
+    written where the ``original`` model's own attack picks it up as its K=0 evaluation."""
     logging.basicConfig(level=logging.INFO, format="[source] %(message)s", force=True)
     from irr_ray.attack.run import source_baseline
 
-    return asdict(source_baseline(source_model, data_dir, AttackConfig.model_validate(cfg), Path(work), judge_model))
+    return asdict(source_baseline(source_model, data_dir, AttackConfig.model_validate(cfg), Path(cache), judge_model))
 
 
 def _attack_task(spec: dict[str, Any], data_dir: str, cfg: dict[str, Any], out_dir: str,
@@ -127,6 +129,22 @@ def _init_ray(address: str | None, num_cpus: int | None, gpu_per_task: float) ->
         if have < gpu_per_task:
             raise ConfigError(f"attack.resources.gpu={gpu_per_task} but this Ray instance has {have} GPUs: "
                               "tasks would wait forever; set attack.resources.gpu=0 to run on CPUs")
+
+
+def _source_baseline(paths: StudyPaths, source_model: str, data: Path, cfg: AttackConfig, judge_model: str | None,
+                     options: dict[str, Any]) -> dict[str, Any]:
+    """The source (``original``) model's K=0 baseline: read from its finished attack, else evaluated
+    once into its attack's progress directory, whose K=0 step thereby is not computed twice."""
+    import ray
+
+    from irr_ray.attack.run import SourceBaseline, progress_dir
+
+    original = paths.attack_dir(ORIGINAL)
+    if (original / ATTACK_JSON).is_file():
+        return asdict(SourceBaseline.from_k0(source_model, K0Doc.read(original / K0_JSON)))
+    log.info("attack-all: K=0 baseline of the source model %s", source_model)
+    return ray.get(ray.remote(_source_task).options(**options, name="attack:source-k0").remote(
+        source_model, str(data), config_dict(cfg), str(progress_dir(original) / K0_JSON), judge_model))
 
 
 class _Tracker:
@@ -222,9 +240,7 @@ def run_attack_all(
                    "max_retries": cfg.resources.max_retries}
         source = None
         if source_model and any(spec.role == TRIAL for spec in todo):  # trials are measured against it
-            log.info("attack-all: K=0 baseline of the source model %s", source_model)
-            source = ray.get(ray.remote(_source_task).options(**options, name="attack:source-k0").remote(
-                source_model, str(data), config_dict(cfg), str(paths.attacks / ".source.progress"), judge_model))
+            source = _source_baseline(paths, source_model, data, cfg, judge_model, options)
         remote = ray.remote(_attack_task)
         pending = {}
         for spec in todo:

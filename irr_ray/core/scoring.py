@@ -29,6 +29,7 @@ from irr_ray.core.hooks import left_pad_position_ids
 __all__ = [
     "EncodedPrompts",
     "complete_sets",
+    "continuation_nll",
     "kl_before_after",
     "last_position_logits",
     "refusal_log_odds",
@@ -65,6 +66,30 @@ def refusal_log_odds(logits: torch.Tensor, refusal_token_ids: Sequence[int] | to
     others = z.clone()
     others[:, ids] = -math.inf
     return torch.logsumexp(z[:, ids], dim=-1) - torch.logsumexp(others, dim=-1)
+
+
+@torch.no_grad()
+def continuation_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     keep: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced mean NLL per row of the tokens ``keep`` selects, [B] float64 (NaN where it
+    selects none).
+
+    ``input_ids`` / ``attention_mask`` [B, T] are left-padded rows ending in a continuation (a
+    reply); ``keep`` [B, R − 1] marks which of each row's last R − 1 tokens count. Only the last R
+    positions' logits are computed (``logits_to_keep``): position t predicts token t + 1, so the
+    first R − 1 of them predict the last R − 1 tokens. Both the attack's reply coherence
+    (:mod:`irr_ray.attack.behaviour`) and the trainer's reply drift (:mod:`irr_ray.train.evaluation`)
+    score replies this way, leaving out each reply's first token.
+    """
+    r = keep.shape[1] + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=left_pad_position_ids(attention_mask), use_cache=False,
+                   logits_to_keep=r).logits.double()[:, :-1]
+    targets = input_ids[:, input_ids.shape[1] - r + 1:]
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    keep = keep.to(logp.dtype)
+    n = keep.sum(1)
+    return torch.where(n > 0, -(logp * keep).sum(1) / n.clamp_min(1), torch.nan)
 
 
 def kl_before_after(logits_before: torch.Tensor, logits_after: torch.Tensor) -> torch.Tensor:

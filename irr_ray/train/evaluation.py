@@ -34,11 +34,11 @@ from torch import Tensor, nn
 
 from irr_ray.attack.candidates import candidate_layers
 from irr_ray.core.directions import diff_of_means
-from irr_ray.core.hooks import ablate_directions, ablate_directions_batched, left_pad_position_ids
+from irr_ray.core.hooks import ablate_directions, ablate_directions_batched
 from irr_ray.core.losses import kd_loss, layer_penalty
 from irr_ray.core.probes import probe_accuracy
 from irr_ray.core.readouts import mixed_readout_weights, sample_readout_plan
-from irr_ray.core.scoring import complete_sets, refusal_log_odds
+from irr_ray.core.scoring import complete_sets, continuation_nll, refusal_log_odds
 from irr_ray.core.scoring import last_position_logits as last_logits
 from irr_ray.train.config import TrainConfig
 from irr_ray.train.data import Batch, PromptSet
@@ -60,24 +60,14 @@ class SourceReplies:
     targets: Tensor
     nll: Tensor
 
-    @property
-    def reply_len(self) -> int:
-        return self.targets.shape[1] + 1
-
 
 @torch.no_grad()
 def reply_nll(model: nn.Module, replies: SourceReplies, directions: Tensor | None = None) -> Tensor:
     """ν per row: mean NLL of reply tokens 2 … R under ``model`` (``directions`` ablated when given)."""
-    r = replies.reply_len
-    ids, mask = replies.input_ids, replies.attention_mask
     ctx = ablate_directions(model, directions) if directions is not None and directions.shape[0] else nullcontext()
     with ctx:
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask),
-                       use_cache=False, logits_to_keep=r).logits.double()  # predict tokens T+1 … T+R (last unused)
-    target_ids = ids[:, ids.shape[1] - r + 1:]
-    logp = logits[:, :-1].gather(-1, target_ids.unsqueeze(-1)).squeeze(-1) - logits[:, :-1].logsumexp(-1)
-    keep = replies.targets
-    return -(logp * keep).sum(1) / keep.sum(1).clamp_min(1)
+        nll = continuation_nll(model, replies.input_ids, replies.attention_mask, replies.targets)
+    return nll.nan_to_num(0.0)  # a reply that ends at its first token has nothing to score
 
 
 @torch.no_grad()
@@ -91,8 +81,8 @@ def source_replies(model: nn.Module, batch: Batch, max_new_tokens: int, eos_id: 
     is_eos = (reply == eos_id) if eos_id is not None else torch.zeros_like(reply, dtype=torch.bool)
     valid = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first end-of-turn
     mask = torch.cat([batch.attention_mask, valid.long()], dim=1)
-    replies = SourceReplies(gen, mask, valid[:, 1:].double(), torch.zeros(0))
-    return SourceReplies(gen, mask, replies.targets, reply_nll(model, replies))
+    targets = valid[:, 1:]
+    return SourceReplies(gen, mask, targets, continuation_nll(model, gen, mask, targets).nan_to_num(0.0))
 
 
 @dataclass(frozen=True)
