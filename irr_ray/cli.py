@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "ui": "serve the study's MLflow UI on 127.0.0.1",
     "sentiment": "GPT-2 / IMDB-style proof of concept: matching vs LEACE / INLP",
     "bench": "benchmarks that print side-by-side ratios",
+    "abliterate": "write an HF checkpoint with refusal directions orthogonalised out of its weights",
 }
 
 

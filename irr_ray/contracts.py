@@ -1,7 +1,7 @@
 """Typed contracts of every file one stage writes and another reads.
 
-One pydantic model per file (:class:`AttackDoc`, :class:`K0Doc`, :class:`TrialDoc`,
-:class:`DataManifest`, :class:`OrganismSummary`), used by the writer (``Model(...).write(path)``) and the reader
+One pydantic model per file (:class:`AttackDoc`, :class:`ProfileDoc`, :class:`K0Doc`,
+:class:`TrialDoc`, :class:`DataManifest`, :class:`OrganismSummary`), used by the writer (``Model(...).write(path)``) and the reader
 (``Model.read(path)``), so a field that one side renames breaks a test instead of a study. Each
 document carries ``schema_version``; a file from another version is refused with a one-line error
 that names the file and says which stage to rerun (old results are never silently re-read).
@@ -11,6 +11,8 @@ file                                   written by                  read by
 =====================================  ==========================  ==============================
 ``attacks/<m>/attack.json``            :mod:`irr_ray.attack.run`   report, MLflow logging, tests
 ``attacks/<m>/k0.json``                :mod:`irr_ray.attack.run`   report, attack-all (source K=0)
+``attacks/<m>/<attack>/attack.json``   :mod:`.attack.suite.runner`  report, MLflow logging, profile
+``attacks/<m>/profile.json``           :mod:`.attack.taskgroup`    report, MLflow logging, UI
 ``checkpoints/<trial>/trial.json``     train (single, sweep)       report, attack-all
 ``data/manifest.json``                 :mod:`irr_ray.data.stage`   the data stage (resume), users
 ``organism/summary.json``              :mod:`irr_ray.organism`     the build cache, tests, users
@@ -129,6 +131,8 @@ class CurveRow(BaseModel):
     induce_score: float | None = None
     survivors: int | None = None
     fallback: bool | None = None
+    # suite attacks other than dim: what the attack reported at this budget (trial, loss, KL …)
+    info: dict[str, Any] | None = None
 
 
 class VerdictDoc(BaseModel):
@@ -157,15 +161,47 @@ class AttackDoc(Contract):
     stop_reason: StopReason
     verdict: VerdictDoc
     curve: list[CurveRow]
+    attack: str = "dim"
+    budget_axis: str = "K"  # what the curve's K counts: directions, cone_dim, trials, steps
+    budget_max: int | None = None  # the schedule's largest budget (dim: k_max)
 
     @property
     def k_max(self) -> int:
-        return int(self.config["k_max"])
+        return int(self.budget_max if self.budget_max is not None else self.config["k_max"])
 
     @property
     def rank_label(self) -> str:
         """``attack_rank`` as shown: a right-censored rank reads ``> K_max``."""
         return f"> {self.k_max}" if self.censored else str(self.attack_rank)
+
+
+class ProfileEntry(BaseModel):
+    """One attack's outcome on one model, as the robustness profile shows it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attack: str
+    budget_axis: str
+    budget_max: int
+    verdict: VerdictName
+    decided_at: int | None
+    budget_to_break: int | None  # the budget at which it broke the model (verdict broken), else None
+    min_refusal_harmful: float  # lowest harmful refusal over its curve
+    reason: str
+
+
+class ProfileDoc(Contract):
+    """``attacks/<m>/profile.json``: every attack of the suite on one model and the verdict of the
+    strongest (:func:`irr_ray.core.verdict.combine_verdicts`)."""
+
+    SCHEMA: ClassVar[int] = 1
+    RERUN: ClassVar[str] = "`irr-ray attack-all --study DIR`"
+
+    model: str
+    attacks: list[ProfileEntry]
+    verdict: VerdictName
+    strongest: str
+    reason: str
 
 
 class K0Doc(Contract):

@@ -8,7 +8,9 @@ that can be moved, resumed, reported and served (MLflow UI) as a whole::
       data/                  train.parquet, holdout.parquet, manifest.json      (stage 1)
       sweep/                 Ray Tune experiment storage (trials, checkpoints)  (stage 2)
       checkpoints/<name>/    exported HF model dirs of the sweep's trials (+ trial.json)
-      attacks/<name>/        attack.json, directions.safetensors, k0.json       (stage 3)
+      attacks/<name>/        attack.json, directions.safetensors, k0.json       (stage 3, dim)
+      attacks/<name>/<attack>/  attack.json, attack_log.json, the attack's files  (stage 3, suite)
+      attacks/<name>/profile.json  every attack's verdict, the strongest's         (stage 3)
       report.md, pareto.png  (stage 5)
 """
 
@@ -58,8 +60,14 @@ class StudyPaths:
     def report(self) -> Path:
         return self.root / "report.md"
 
-    def attack_dir(self, model_name: str) -> Path:
-        return self.attacks / model_name
+    def attack_dir(self, model_name: str, attack: str = "dim") -> Path:
+        """Where ``attack`` writes its result for one model: ``attacks/<model>/`` for the method's
+        ``dim`` attack, ``attacks/<model>/<attack>/`` for the other attacks of the suite."""
+        return self.attacks / model_name if attack == "dim" else self.attacks / model_name / attack
+
+    def profile(self, model_name: str) -> Path:
+        """``attacks/<model>/profile.json``: every attack's verdict and the strongest's."""
+        return self.attacks / model_name / "profile.json"
 
     def checkpoint_dir(self, name: str) -> Path:
         return self.checkpoints / name

@@ -18,7 +18,8 @@ Judge parse errors (WildGuard) count as not refused, as in the data stage, and a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ from irr_ray.generation.hf import generate_greedy
 from irr_ray.judges.base import Judge
 from irr_ray.models.chat import format_chat, tokenize_chat
 
+Intervention = Callable[[], AbstractContextManager[Any]]
 N_EXAMPLES = 3  # replies per class kept for inspection (attack_log.json)
 
 
@@ -179,15 +181,15 @@ class BehaviourEvaluator:
         self._unattacked: torch.Tensor | None = None
         self._openers: torch.Tensor | None = None
 
-    def _generate(self, prompts: Sequence[str], directions: torch.Tensor | None) -> list[str]:
-        if (directions is None or directions.shape[0] == 0) and self.k0_generate is not None:
+    def _generate(self, prompts: Sequence[str], make: Intervention | None) -> list[str]:
+        if make is None and self.k0_generate is not None:
             return list(self.k0_generate(list(prompts)))
         return generate_greedy(self.model, self.tokenizer, list(prompts),
                                max_new_tokens=self.generation.max_new_tokens,
-                               batch_size=self.generation.batch_size, intervention=self._intervention(directions),
+                               batch_size=self.generation.batch_size, intervention=make,
                                engine=self.generation.engine)
 
-    def _intervention(self, directions: torch.Tensor | None) -> Any:
+    def _intervention(self, directions: torch.Tensor | None) -> Intervention | None:
         if directions is None or directions.shape[0] == 0:
             return None
         d = directions.to(next(self.model.parameters()).device)
@@ -205,11 +207,10 @@ class BehaviourEvaluator:
             self._openers = logp.exp().max(0).values
         return self._openers
 
-    def _first_token(self, directions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _first_token(self, make: Intervention | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(p_refusal [N], KL(unattacked ‖ this) [N]) at the last prompt position."""
         if self._unattacked is None:
             self._unattacked = last_position_logprobs(self.model, self._batches)
-        make = self._intervention(directions)
         if make is None:
             logp = self._unattacked
         else:
@@ -233,15 +234,19 @@ class BehaviourEvaluator:
             self.bound = nll_bound(nll[answers] if bool(answers.any()) else nll[~form], self.rules)
         return classify(refused, form, nll, self.bound), nll, sum(bool(v.judge_parse_error) for v in verdicts)
 
-    def run(self, directions: torch.Tensor | None = None) -> Behaviour:
-        """Outcomes with ``directions`` [K, D] (orthonormal rows) ablated; None = the plain model.
-        The first call without directions calibrates the NLL bound when none was given."""
+    def run(self, directions: torch.Tensor | None = None, intervention: Intervention | None = None) -> Behaviour:
+        """Outcomes with ``directions`` [K, D] (orthonormal rows) ablated, or under ``intervention``
+        (a context-manager factory that changes the model: another attack of the suite); neither =
+        the plain model. The first plain call calibrates the NLL bound when none was given."""
+        if directions is not None and intervention is not None:
+            raise ValueError("BehaviourEvaluator.run: pass directions or an intervention, not both")
+        make = intervention if intervention is not None else self._intervention(directions)
         prompts = self._all
-        replies = self._generate(prompts, directions)
-        if self.bound is None and directions is not None and directions.shape[0] > 0:
-            raise RuntimeError("BehaviourEvaluator: calibrate the NLL bound at K=0 before ablating")
+        replies = self._generate(prompts, make)
+        if self.bound is None and make is not None:
+            raise RuntimeError("BehaviourEvaluator: calibrate the NLL bound at K=0 before attacking")
         outcome, nll, parse_errors = self.outcomes(prompts, replies)
-        p_refusal, kl = self._first_token(directions)
+        p_refusal, kl = self._first_token(make)
         nh = len(self.prompts.harmful)
 
         def per_class(lo: int, hi: int) -> ClassOutcome:

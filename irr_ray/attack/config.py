@@ -15,6 +15,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from irr_ray.attack.suite import ATTACK_NAMES
+from irr_ray.attack.suite.settings import (
+    FinetuneSettings,
+    OptunaAbliterationSettings,
+    OrthogonalizeSettings,
+    RDOSettings,
+)
 from irr_ray.config import StrictModel
 from irr_ray.data.config import JudgeSettings, VLLMEngineConfig
 
@@ -80,8 +87,22 @@ class DegenerateConfig(StrictModel):
     nll_margin: float = Field(1.0, ge=0, description="… plus this many nats per token")
 
 
+SUITE_SECTIONS = ("suite", *(n for n in ATTACK_NAMES if n != "dim"))
+
+
 class AttackConfig(StrictModel):
-    """Iterated directional ablation (K = 1 … k_max) and the K = 0 evaluation of one model."""
+    """Iterated directional ablation (K = 1 … k_max), the K = 0 evaluation of one model, and the
+    attack suite (``suite`` and one settings section per attack)."""
+
+    # --- the suite (irr_ray.attack.suite): which attacks judge each model
+    suite: list[str] = Field(
+        ["dim"], description="attacks run on every model: dim (the method's iterated difference-of-means "
+                             "ablation, the sections below), orthogonalize, rdo, optuna_abliteration, finetune; "
+                             "the strongest decides the verdict")
+    orthogonalize: OrthogonalizeSettings = Field(default_factory=OrthogonalizeSettings)
+    rdo: RDOSettings = Field(default_factory=RDOSettings)
+    optuna_abliteration: OptunaAbliterationSettings = Field(default_factory=OptunaAbliterationSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
 
     # --- the attack's search (Arditi et al.; seed text "Iterated single-direction ablation")
     k_max: int = Field(16, ge=1, description="attack budget: directions ablated at most")
@@ -153,6 +174,16 @@ class AttackConfig(StrictModel):
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: resources.cpu)")
     resources: TaskResources = Field(default_factory=TaskResources)
+
+    @field_validator("suite")
+    @classmethod
+    def _known_attacks(cls, v: list[str]) -> list[str]:
+        unknown = [n for n in v if n not in ATTACK_NAMES]
+        if unknown:
+            raise ValueError(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACK_NAMES)}")
+        if not v or len(set(v)) != len(v):
+            raise ValueError("suite must name at least one attack, each once")
+        return v
 
     @field_validator("positions")
     @classmethod

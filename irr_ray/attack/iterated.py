@@ -42,7 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from irr_ray.attack.behaviour import BehaviourEvaluator
 from irr_ray.attack.candidates import encode_batches, mean_difference_candidates, select_direction
-from irr_ray.attack.config import AttackConfig
+from irr_ray.attack.config import SUITE_SECTIONS, AttackConfig
 from irr_ray.attack.prompts import PromptSets
 from irr_ray.attack.scoring import Scorer, make_scorer
 from irr_ray.config import config_dict, stable_hash
@@ -142,7 +142,7 @@ class AttackState:
 def progress_key(model_key: str, cfg: AttackConfig) -> str:
     """What the saved steps depend on: the model and the config, except the budget knobs."""
     conf = config_dict(cfg)
-    for budget in ("k_max", "stop_below_threshold"):
+    for budget in ("k_max", "stop_below_threshold", *SUITE_SECTIONS):  # the other attacks' settings too
         conf.pop(budget)
     return stable_hash({"model": model_key, "config": conf})
 

@@ -134,6 +134,15 @@ def source_baseline(source_model: str, data_dir: str | Path, cfg: AttackConfig, 
     return SourceBaseline.from_k0(source_model, doc)
 
 
+def _keep_suite_results(out: Path, tmp: Path) -> None:
+    """The other attacks of the suite keep their results in subdirectories of the dim result
+    (``attacks/<m>/<attack>/``): a dim rerun replacing ``out`` carries them over."""
+    if out.is_dir():
+        for child in out.iterdir():
+            if child.is_dir():
+                shutil.move(str(child), tmp / child.name)
+
+
 def attack_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_dir: str | Path,
                  judge_model: str | None = None, force: bool = False, source_model: str | None = None,
                  source: SourceBaseline | None = None) -> AttackDoc:
@@ -175,6 +184,7 @@ def attack_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_d
                "nll_bound": k0_doc.nll_bound, "prompt_sets": prompts.sizes(), "timings": result.timings,
                "wall_s": time.perf_counter() - t0, "examples": {"0": k0_doc.examples, **result.examples}}
     with atomic_dir(out) as tmp:
+        _keep_suite_results(out, tmp)
         doc.write(tmp / ATTACK_JSON)
         save_directions(tmp / DIRECTIONS, result.directions.float(),
                         {"model": model_path, "layers": json.dumps([r.layer for r in doc.curve[1:]]),

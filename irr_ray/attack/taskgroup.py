@@ -26,7 +26,8 @@ from typing import Any
 from irr_ray.attack.config import AttackConfig
 from irr_ray.attack.run import ATTACK_JSON, K0_JSON
 from irr_ray.config import config_dict
-from irr_ray.contracts import K0Doc
+from irr_ray.contracts import AttackDoc, K0Doc, ProfileDoc, ProfileEntry
+from irr_ray.core.verdict import AttackOutcome, combine_verdicts
 from irr_ray.errors import ConfigError
 from irr_ray.study import StudyPaths
 from irr_ray.utils.files import write_json_atomic
@@ -108,6 +109,47 @@ def _attack_task(spec: dict[str, Any], data_dir: str, cfg: dict[str, Any], out_d
             "censored": doc.censored, "K": len(doc.curve) - 1, "stop_reason": doc.stop_reason,
             "k0_refusal_harmful": doc.curve[0].refusal_harmful,
             "k0_refusal_harmless": doc.curve[0].refusal_harmless}
+
+
+def _suite_task(spec: dict[str, Any], attack: str, data_dir: str, cfg: dict[str, Any], out_dir: str,
+                judge_model: str | None, source: dict[str, Any] | None, base_model: str | None,
+                dim_dir: str | None, _after_dim: Any = None) -> dict[str, Any]:
+    """Body of one (model, suite attack) Ray task; ``_after_dim`` is the model's dim task result
+    (Ray runs this task only after it: the K=0 evaluation and directions are reused)."""
+    logging.basicConfig(level=logging.INFO, format=f"[{spec['name']}:{attack}] %(message)s", force=True)
+    from irr_ray.attack.run import SourceBaseline
+    from irr_ray.attack.suite.runner import run_suite_attack
+
+    doc = run_suite_attack(attack, spec["path"], data_dir, AttackConfig.model_validate(cfg), out_dir,
+                           judge_model=judge_model, source=None if source is None else SourceBaseline(**source),
+                           base_model=base_model, dim_dir=dim_dir)
+    return {"verdict": doc.verdict.verdict, "decided_at": doc.verdict.decided_at_k,
+            "min_refusal_harmful": min(r.refusal_harmful for r in doc.curve)}
+
+
+def write_profile(paths: StudyPaths, spec: ModelSpec, suite: list[str]) -> ProfileDoc | None:
+    """``attacks/<m>/profile.json`` once every attack of the suite has finished on the model."""
+    docs = {}
+    for attack in suite:
+        f = paths.attack_dir(spec.name, attack) / ATTACK_JSON
+        if not f.is_file():
+            return None
+        docs[attack] = AttackDoc.read(f)
+    entries = [ProfileEntry(attack=a, budget_axis=d.budget_axis, budget_max=d.k_max, verdict=d.verdict.verdict,
+                            decided_at=d.verdict.decided_at_k,
+                            budget_to_break=d.verdict.decided_at_k if d.verdict.verdict == "broken" else None,
+                            min_refusal_harmful=min(r.refusal_harmful for r in d.curve), reason=d.verdict.reason)
+               for a, d in docs.items()]
+    verdict, strongest, reason = combine_verdicts(
+        [AttackOutcome(e.attack, e.verdict, e.decided_at, e.budget_max, e.min_refusal_harmful) for e in entries])
+    doc = ProfileDoc(model=spec.path, attacks=entries, verdict=verdict, strongest=strongest, reason=reason)
+    doc.write(paths.profile(spec.name))
+    return doc
+
+
+def _task_name(spec: ModelSpec, attack: str) -> str:
+    """``original`` for the dim attack (the study's historical name), ``original/rdo`` for the others."""
+    return spec.name if attack == "dim" else f"{spec.name}/{attack}"
 
 
 def _error_text(exc: BaseException) -> str:
@@ -226,41 +268,73 @@ def run_attack_all(
             log.error("%s: MLflow logging failed: %s", spec.name, _error_text(exc))
             report.failed[spec.name] = f"MLflow logging: {_error_text(exc)}"
 
-    todo = []
+    suite = list(cfg.suite)
+    todo: list[tuple[ModelSpec, str]] = []
     for spec in specs:
-        if (paths.attack_dir(spec.name) / ATTACK_JSON).is_file():
-            report.skipped.append(spec.name)
+        for attack in suite:
+            if (paths.attack_dir(spec.name, attack) / ATTACK_JSON).is_file():
+                report.skipped.append(_task_name(spec, attack))
+            else:
+                todo.append((spec, attack))
+    remaining = {spec.name: sum(s.name == spec.name for s, _ in todo) for spec in specs}
+
+    def model_done(spec: ModelSpec) -> None:
+        """Every attack of ``spec`` has finished (or failed): its profile, then MLflow."""
+        profile = write_profile(paths, spec, suite)
+        if profile is not None and len(suite) > 1:
+            report.finished.setdefault(spec.name, {}).update(
+                {"suite_verdict": profile.verdict, "strongest": profile.strongest})
+            log.info("%s: suite verdict %s (strongest: %s)", spec.name, profile.verdict, profile.strongest)
+        if any((paths.attack_dir(spec.name, attack) / ATTACK_JSON).is_file() for attack in suite):
             record_logging(spec)
-        else:
-            todo.append(spec)
+
+    for spec in specs:
+        if remaining[spec.name] == 0:
+            model_done(spec)
 
     if todo:
         _init_ray(ray_address, ray_num_cpus, cfg.resources.gpu)
         options = {"num_cpus": cfg.resources.cpu, "num_gpus": cfg.resources.gpu,
                    "max_retries": cfg.resources.max_retries}
         source = None
-        if source_model and any(spec.role == TRIAL for spec in todo):  # trials are measured against it
+        if source_model and any(spec.role == TRIAL for spec, _ in todo):  # trials are measured against it
             source = _source_baseline(paths, source_model, data, cfg, judge_model, options)
-        remote = ray.remote(_attack_task)
-        pending = {}
-        for spec in todo:
-            ref = remote.options(**options, name=f"attack:{spec.name}").remote(
-                asdict(spec), str(data), config_dict(cfg), str(paths.attack_dir(spec.name)), judge_model,
-                source if spec.role == TRIAL else None)
-            pending[ref] = spec
+        dim_remote, suite_remote = ray.remote(_attack_task), ray.remote(_suite_task)
+        pending: dict[Any, tuple[ModelSpec, str]] = {}
+        dim_refs: dict[str, Any] = {}
+        for spec, attack in sorted(todo, key=lambda t: t[1] != "dim"):  # dim first: the others wait on it
+            src = source if spec.role == TRIAL else None
+            name = _task_name(spec, attack)
+            if attack == "dim":
+                ref = dim_remote.options(**options, name=f"attack:{name}").remote(
+                    asdict(spec), str(data), config_dict(cfg), str(paths.attack_dir(spec.name)), judge_model, src)
+                dim_refs[spec.name] = ref
+            else:
+                dim_dir = str(paths.attack_dir(spec.name)) if "dim" in suite else None
+                ref = suite_remote.options(**options, name=f"attack:{name}").remote(
+                    asdict(spec), attack, str(data), config_dict(cfg), str(paths.attack_dir(spec.name, attack)),
+                    judge_model, src, base_model, dim_dir, dim_refs.get(spec.name))
+            pending[ref] = (spec, attack)
         log.info("attack-all: %d task(s) submitted, %d already finished", len(todo), len(report.skipped))
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            spec = pending.pop(done[0])
+            spec, attack = pending.pop(done[0])
+            name = _task_name(spec, attack)
+            remaining[spec.name] -= 1
             try:
-                report.finished[spec.name] = ray.get(done[0])
+                result = ray.get(done[0])
             except Exception as exc:
-                report.failed[spec.name] = _error_text(exc)
-                log.error("attack %s failed: %s", spec.name, report.failed[spec.name])
+                report.failed[name] = _error_text(exc)
+                log.error("attack %s failed: %s", name, report.failed[name])
                 log.debug("%s", traceback.format_exc())
-                continue
-            log.info("attack %s finished: %s", spec.name, report.finished[spec.name])
-            record_logging(spec)
+            else:
+                if attack == "dim":
+                    report.finished.setdefault(spec.name, {}).update(result)
+                else:
+                    report.finished.setdefault(spec.name, {})[attack] = result
+                log.info("attack %s finished: %s", name, result)
+            if remaining[spec.name] == 0:
+                model_done(spec)
 
     report.wall_s = time.perf_counter() - t0
     write_json_atomic(paths.attacks / SUMMARY, {**asdict(report), "models": [asdict(s) for s in specs]})

@@ -1,14 +1,28 @@
-"""``irr-ray bench train``: cost of one training step of the method vs a plain LM fine-tune step.
+"""``irr-ray bench train``: cost of one training step of each condition vs a plain LM fine-tune step.
 
 Same model, same left-padded class-balanced batch, same AdamW + clipping; the plain step is
-``model(input_ids, labels) → backward → step``. The method's step (``Trainer.compute_loss`` +
-backward + step) adds hidden-state pooling and the matching penalty (``mean``, ``cov`` through
-n×n Gram matrices) and, for ``cov+kd``, the KD term against *cached* teacher logits (computed once
-before timing, as the trainer does once per run). Steps of all variants are interleaved, so drifting
-machine load hits every variant alike; the ratio uses each variant's best time (load only ever adds
-time), the median is printed beside it. On CPU the clock is this process's CPU time (one torch
-thread), so other processes on a shared machine do not enter the ratio; on CUDA it is wall time
-around synchronised steps. Target: cov+kd ≤ 1.10×.
+``model(input_ids, labels) → backward → step``. A condition's step (:meth:`Trainer.before_step` +
+``Trainer.compute_loss`` + backward + step) adds, depending on the variant:
+
+* hidden-state pooling and the matching penalty (``mean``, ``cov`` through n×n Gram matrices);
+* the KD term against *cached* teacher logits (computed once before timing, as the trainer does
+  once per run): ``cov+kd``, ``kd``;
+* reply KD (``+reply``): every prompt teacher-forced with the teacher's 16-token greedy reply
+  (generated and its logits cached once before timing), KL at every reply position — a longer
+  sequence, so these rows are also shown against a plain LM step on the same prompt ⊕ reply
+  tokens (``plain+reply``);
+* the ablation defenses (:mod:`irr_ray.train.defenses`): ``refat`` (p = 0.5 of the harmful rows
+  appended as copies with the refusal direction ablated at every layer, re-estimated every 4
+  steps from the batch's own activations), ``refat/1`` (re-estimated every step: the cost of the
+  re-estimate itself), ``random`` (DeepRefusal: every harmful row copied, random layers and
+  positions ablated), ``cov+kd+refat`` (presets compose), each also with reply KD as the presets
+  ``refat`` / ``random_ablation`` / ``cov_kd_refat`` ship.
+
+Steps of all variants are interleaved, so drifting machine load hits every variant alike; the
+ratio uses each variant's best time (load only ever adds time), the median is printed beside it.
+On CPU the clock is this process's CPU time (one torch thread), so other processes on a shared
+machine do not enter the ratio; on CUDA it is wall time around synchronised steps. Targets:
+cov+kd ≤ 1.10×; refat ≤ 1.5× (its direction re-estimation must not dominate).
 
 Models: the organism (``--organism-dir``, else a random-init Llama of the organism's shape) and a
 random-init Llama with Llama-3.2-1B's width (hidden 2048, 32 heads / 8 KV heads, FFN 8192, vocab
@@ -29,18 +43,34 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from irr_ray.train.config import TrainConfig
 from irr_ray.train.data import PromptSet
+from irr_ray.train.replies import ReplyTargets, teacher_replies
 from irr_ray.train.trainer import Trainer, autocast, teacher_logits
 
 ORGANISM_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=4, vocab_size=465)
 LLAMA_1B_4L = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=32,
                    num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0)
+REPLY_TOKENS = 16
+_REPLY = {"kd_reply_tokens": REPLY_TOKENS}
+_REFAT = {"ablation": "refat", "refat_p": 0.5, "refat_interval": 4, "kd_lambda": 1.0}
+_RANDOM = {"ablation": "random", "refat_p": 1.0, "refat_interval": 0, "random_p_layer": 0.5,
+           "random_p_position": 0.5, "kd_lambda": 1.0}
 VARIANTS = {
     "none": {"match": "none"},
     "mean": {"match": "mean", "mean_penalty": "l1"},
     "cov": {"match": "cov", "cov_penalty": "l2"},
     "cov+kd": {"match": "cov", "cov_penalty": "l2", "kd_lambda": 1.0},
+    "kd": {"kd_lambda": 1.0},
+    "refat": _REFAT,
+    "refat/1": {**_REFAT, "refat_interval": 1},
+    "random": _RANDOM,
+    "cov+kd+refat": {"match": "cov", "cov_penalty": "l2", **_REFAT},
+    "kd+reply": {"kd_lambda": 1.0, **_REPLY},
+    "refat+reply": {**_REFAT, **_REPLY},
+    "random+reply": {**_RANDOM, **_REPLY},
+    "cov+kd+refat+reply": {"match": "cov", "cov_penalty": "l2", **_REFAT, **_REPLY},
 }
+REFERENCES = ("plain", "plain+reply")
 
 
 def organism_model(organism_dir: str | None, device: str) -> tuple[str, torch.nn.Module]:
@@ -68,14 +98,17 @@ def synthetic_prompts(vocab: int, batch: int, length: int, seed: int = 0) -> Pro
 
 
 def plain_step(model: torch.nn.Module, trainer: Trainer, batch: Any) -> None:
+    """LM loss on every real token of ``batch`` (a prompt, or a prompt ⊕ reply batch)."""
     with autocast(trainer.device, trainer.dtype):
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids, labels=batch.lm_labels, use_cache=False)
+                    position_ids=batch.position_ids, labels=labels, use_cache=False)
     out.loss.backward()
     trainer.optimizer_step()
 
 
 def method_step(trainer: Trainer, batch: Any, generator: torch.Generator) -> None:
+    trainer.before_step()
     loss, _ = trainer.compute_loss(batch, generator)
     loss.backward()
     trainer.optimizer_step()
@@ -87,14 +120,18 @@ def bench_model(name: str, model: torch.nn.Module, batch_size: int, length: int,
     prompts = synthetic_prompts(vocab, batch_size, length)
     base = TrainConfig(model="bench", micro_batch=batch_size, grad_accum=1, epochs=1, lr=1e-5, device=device)
     trainers = {}
-    teacher = teacher_logits(model, prompts, batch_size, device, torch.float32 if device == "cpu" else torch.bfloat16)
-    for key, over in {"plain": {}, **VARIANTS}.items():
-        cfg = base.model_copy(update=over)
-        trainers[key] = Trainer(cfg, model, prompts, teacher if cfg.uses_kd else None, device)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    teacher = teacher_logits(model, prompts, batch_size, device, dtype)
+    replies: ReplyTargets = teacher_replies(model, prompts, REPLY_TOKENS, batch_size, device, dtype, None, 1e9)
+    for key, over in {"plain": {}, "plain+reply": {}, **VARIANTS}.items():
+        cfg = base.model_copy(update={"refat_samples": max(2, batch_size // 2), **over})
+        trainers[key] = Trainer(cfg, model, prompts, teacher if cfg.uses_teacher else None, device,
+                                replies=replies if cfg.uses_reply_kd else None)
     shared = trainers["plain"]
     for t in trainers.values():  # one AdamW state for all variants (AdamW allocates on its first step)
         t.optimizer, t.scheduler = shared.optimizer, shared.scheduler
     batch = prompts.collate(list(range(batch_size)), device)
+    reply_batch = replies.extend(batch)
     generator = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {k: [] for k in trainers}
 
@@ -105,8 +142,8 @@ def bench_model(name: str, model: torch.nn.Module, batch_size: int, length: int,
         if on_gpu:
             torch.cuda.synchronize()
         t0 = clock()
-        if key == "plain":
-            plain_step(model, trainers[key], batch)
+        if key in REFERENCES:
+            plain_step(model, trainers[key], reply_batch if key == "plain+reply" else batch)
         else:
             method_step(trainers[key], batch, generator)
         if on_gpu:
@@ -124,20 +161,28 @@ def bench_model(name: str, model: torch.nn.Module, batch_size: int, length: int,
     params = sum(p.numel() for p in model.parameters())
     return {"model": name, "params": params, "batch": batch_size, "seq_len": int(batch.input_ids.shape[1]),
             "device": device, "clock": "wall" if on_gpu else "process CPU", "repeats": repeats, "seconds": best, "median_seconds": med,
-            "ratio": {k: best[k] / best["plain"] for k in VARIANTS},
-            "median_ratio": {k: med[k] / med["plain"] for k in VARIANTS}}
+            "reply_tokens": REPLY_TOKENS,
+            "ratio": {k: best[k] / best["plain"] for k in ("plain+reply", *VARIANTS)},
+            "median_ratio": {k: med[k] / med["plain"] for k in ("plain+reply", *VARIANTS)},
+            "ratio_same_tokens": {k: best[k] / best["plain+reply" if "reply" in k else "plain"] for k in VARIANTS}}
 
 
 def print_result(r: dict[str, Any]) -> None:
-    print(f"\n{r['model']}: {r['params'] / 1e6:.1f}M params, batch {r['batch']} x {r['seq_len']} tokens, "
-          f"{r['device']}, {r['repeats']} interleaved repeats, {r['clock']} time")
-    print(f"  {'step':<8} {'best s':>9} {'vs plain':>9} {'median s':>10} {'vs plain':>9}")
-    print(f"  {'plain':<8} {r['seconds']['plain']:>9.4f} {1.0:>8.3f}x {r['median_seconds']['plain']:>10.4f} {1.0:>8.3f}x")
-    for k in VARIANTS:
-        print(f"  {k:<8} {r['seconds'][k]:>9.4f} {r['ratio'][k]:>8.3f}x {r['median_seconds'][k]:>10.4f} "
-              f"{r['median_ratio'][k]:>8.3f}x")
-    verdict = "meets" if r["ratio"]["cov+kd"] <= 1.10 else "MISSES"
-    print(f"  cov+kd {r['ratio']['cov+kd']:.3f}x (best of each) {verdict} the <= 1.10x target")
+    print(f"\n{r['model']}: {r['params'] / 1e6:.1f}M params, batch {r['batch']} x {r['seq_len']} tokens "
+          f"(+{r['reply_tokens']} reply tokens in *reply), {r['device']}, {r['repeats']} interleaved repeats, "
+          f"{r['clock']} time")
+    print(f"  {'step':<19} {'best s':>9} {'vs plain':>9} {'median s':>10} {'vs plain':>9} {'vs same tokens':>15}")
+    print(f"  {'plain':<19} {r['seconds']['plain']:>9.4f} {1.0:>8.3f}x {r['median_seconds']['plain']:>10.4f} "
+          f"{1.0:>8.3f}x")
+    for k in ("plain+reply", *VARIANTS):
+        same = f"{r['ratio_same_tokens'][k]:>14.3f}x" if k in VARIANTS else ""
+        print(f"  {k:<19} {r['seconds'][k]:>9.4f} {r['ratio'][k]:>8.3f}x {r['median_seconds'][k]:>10.4f} "
+              f"{r['median_ratio'][k]:>8.3f}x {same}")
+    for key, target in (("cov+kd", 1.10), ("refat", 1.5)):
+        verdict = "meets" if r["ratio"][key] <= target else "MISSES"
+        print(f"  {key} {r['ratio'][key]:.3f}x (best of each) {verdict} the <= {target:.2f}x target")
+    print(f"  refat+reply {r['ratio_same_tokens']['refat+reply']:.3f}x vs a plain step on the same prompt + reply "
+          "tokens")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     big = random_llama(LLAMA_1B_4L, device)
     on_gpu = device.startswith("cuda")
     results.append(bench_model("Llama-3.2-1B shape, 4 layers (random init)", big,
-                               batch_size=8 if on_gpu else (2 if quick else 4), length=128 if on_gpu else 32,
+                               batch_size=8 if on_gpu else 4, length=128 if on_gpu else 32,
                                repeats=(3 if quick else 10) if on_gpu else (1 if quick else 3), device=device))
     print_result(results[-1])
     del big

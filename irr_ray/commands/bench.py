@@ -10,6 +10,7 @@ TARGETS = {
     "data": "irr_ray.bench.data",
     "train": "irr_ray.bench.train",
     "attack": "irr_ray.bench.attack",
+    "attacks": "irr_ray.bench.suite",
 }
 
 

@@ -12,7 +12,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="train settings YAML, or a study YAML with a `train:` section")
-    parser.add_argument("--condition", help="named preset: baseline, l1, cov, l1_kd, cov_kd, kd_only")
+    parser.add_argument("--condition", help="named preset: baseline, l1, cov, l1_kd, cov_kd, kd_only, kd_reply, refat, "
+                                                    "refat_both, random_ablation, cov_kd_refat (irr_ray/train/presets.py)")
     parser.add_argument("--model", help="source model directory (overrides the config)")
     parser.add_argument("--data-dir", required=True, help="study dataset directory (train.parquet)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")

@@ -501,8 +501,13 @@ def add_activation(
     layer: int | Sequence[int],
     vector: torch.Tensor,
     coeff: float = 1.0,
+    prompt_only: bool = False,
 ) -> Iterator[None]:
     """Activation addition at block inputs: x_l ← x_l + coeff·v at every position.
+
+    ``prompt_only``: add only in forwards over more than one position — the prompt's prefill in
+    KV-cached generation — so the prompt is steered but the generated tokens are not (Arditi et
+    al. add at every position, generated ones included: the default).
 
     ``vector`` is [D] (all rows) or [G, D] with a batch of B = G·n rows (rows g·n … g·n+n−1 get
     v[g]). ``layer`` is one block index, or — with a [G, D] vector — one per set, so candidates
@@ -530,11 +535,17 @@ def add_activation(
     for target in sorted(set(layers)):
         if per_set_layers:
             mask = torch.tensor([i == target for i in layers], dtype=v.dtype, device=v.device)
-            pre.append((layout.blocks[target], _adder(v * mask[:, None], width)))
+            add = _adder(v * mask[:, None], width)
         else:
-            pre.append((layout.blocks[target], _adder(v, width)))
+            add = _adder(v, width)
+        pre.append((layout.blocks[target], _prefill_only(add) if prompt_only else add))
     with _hooked(pre):
         yield
+
+
+def _prefill_only(fn: Transform) -> Transform:
+    """``fn`` on forwards over more than one position [B, T > 1, D]; single-token decode steps pass."""
+    return lambda x: fn(x) if x.dim() == 3 and x.shape[1] > 1 else x
 
 
 def _adder(v: torch.Tensor, width: int) -> Transform:

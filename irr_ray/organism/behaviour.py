@@ -17,14 +17,20 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from irr_ray.attack import candidates as attack_candidates
+from irr_ray.attack.behaviour import BehaviourEvaluator
+from irr_ray.attack.config import EvalGenerationConfig
+from irr_ray.attack.prompts import PromptPair
 from irr_ray.attack.scoring import score_candidates_reference
-from irr_ray.core.hooks import ablate_directions, capture_residuals
+from irr_ray.core.hooks import ablate_directions, add_activation, capture_residuals
+from irr_ray.core.outcomes import COMPLIED, DEGENERATE, REFUSED
 from irr_ray.generation.hf import generate_greedy
+from irr_ray.judges.base import SubstringRefusalJudge
 from irr_ray.judges.substring import SubstringJudge
 from irr_ray.models.chat import tokenize_chat
 from irr_ray.models.families import get_layout
 from irr_ray.organism import prompts
 from irr_ray.organism.config import OrganismEvalConfig, SelectionConfig
+from irr_ray.organism.decision import decision_report
 from irr_ray.organism.vocab import templates as T
 
 KINDS = ("harmful", "harmless")
@@ -44,9 +50,10 @@ def refusal_rates(
     splits: tuple[str, ...],
     cfg: OrganismEvalConfig,
     intervention: Callable[[], AbstractContextManager] | None = None,
+    replies_out: dict[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, Any]:
     """``{split: {kind: rate}}`` plus ``"heldout"`` (both held-out splits pooled) and two example
-    replies per split and kind under ``"examples"``."""
+    replies per split and kind under ``"examples"``; ``replies_out`` receives every reply."""
     judge = organism_judge()
     rates: dict[str, Any] = {}
     examples: dict[str, dict[str, list[str]]] = {}
@@ -57,6 +64,8 @@ def refusal_rates(
             replies = generate_greedy(model, tokenizer, batch, max_new_tokens=cfg.max_new_tokens,
                                       batch_size=cfg.batch_size, intervention=intervention)
             refused.setdefault(split, {})[kind] = judge.is_refusal(replies)
+            if replies_out is not None:
+                replies_out.setdefault(split, {})[kind] = replies
             examples.setdefault(split, {})[kind] = [f"{p} -> {r}" for p, r in list(zip(batch, replies))[:2]]
     for split, by_kind in refused.items():
         rates[split] = {kind: sum(v) / len(v) for kind, v in by_kind.items()}
@@ -127,7 +136,6 @@ def measure(
     """The ``behaviour`` section of summary.json."""
     splits = prompts.EVAL_SPLITS
     out: dict[str, Any] = {"judge_extra_phrases": list(T.JUDGE_PHRASES), "n_per_split": cfg.n_per_split}
-    out["instruct"] = refusal_rates(instruct, tokenizer, splits, cfg)
     out["base"] = refusal_rates(base, tokenizer, splits, cfg)
 
     cand, scores, best = choose_direction(instruct, tokenizer, seed, selection, cfg.batch_size)
@@ -142,11 +150,96 @@ def measure(
         for kind in KINDS
     }
     d = unit[None, :].float()
-    out["ablated"] = refusal_rates(instruct, tokenizer, splits, cfg, lambda: ablate_directions(instruct, d))
+    replies: dict[str, dict[str, dict[str, list[str]]]] = {"instruct": {}, "ablated": {}}
+    out["instruct"] = refusal_rates(instruct, tokenizer, splits, cfg, replies_out=replies["instruct"])
+    out["ablated"] = refusal_rates(instruct, tokenizer, splits, cfg, lambda: ablate_directions(instruct, d),
+                                   replies_out=replies["ablated"])
+    out["ablated_outcomes"] = ablated_outcomes(instruct, base, tokenizer, replies, cfg)
+    out["induced"] = induced_refusal(instruct, tokenizer, cand, cfg)
+    out["depth"] = depth(cand.layer, get_layout(instruct).num_layers)
+    sets = selection_prompts(seed, selection)["extract"]
+    out["decision"] = decision_report(instruct, tokenizer, refusal_token_ids(tokenizer), sets,
+                                      {k: prompts.eval_prompts("heldout", k, cfg.n_per_split) for k in KINDS},
+                                      cfg.batch_size, seed)
     gen = torch.Generator().manual_seed(seed + 11)
     rand = torch.randn(1, unit.shape[0], generator=gen)
     rand = rand / rand.norm()
     out["random_direction_ablated"] = refusal_rates(
         instruct, tokenizer, splits, cfg, lambda: ablate_directions(instruct, rand)
     )
+    return out
+
+
+def depth(layer: int, num_layers: int) -> dict[str, Any]:
+    """Where the chosen direction sits: residual index ``layer`` is the output of block b = layer − 1
+    (the method's candidates are block outputs); depth fraction b / L and the blocks after it."""
+    block = layer - 1
+    return {"residual_index": layer, "block": block, "num_layers": num_layers,
+            "depth_fraction": round(block / num_layers, 4), "blocks_after": num_layers - 1 - block}
+
+
+def ablated_outcomes(
+    instruct: PreTrainedModel, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    replies: dict[str, dict[str, dict[str, list[str]]]], cfg: OrganismEvalConfig,
+) -> dict[str, Any]:
+    """Held-out replies with the direction ablated, as the attack classifies them
+    (:mod:`irr_ray.core.outcomes`, reference = the unattacked instruct model, NLL bound calibrated on
+    its own held-out answers): refused / complied / degenerate shares per class, and the share of
+    harmful replies that are answers opening with one of the base model's openers on the same
+    prompts ("answers like the base model's")."""
+    held = {kind: [p for s in prompts.HELDOUT_SPLITS for p in prompts.eval_prompts(s, kind, cfg.n_per_split)]
+            for kind in KINDS}
+    got = {who: {kind: [r for s in prompts.HELDOUT_SPLITS for r in replies[who][s][kind]] for kind in KINDS}
+           for who in replies}
+    evaluator = BehaviourEvaluator(
+        instruct, tokenizer, SubstringRefusalJudge(extra_phrases=T.JUDGE_PHRASES), PromptPair(**held),
+        EvalGenerationConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens),
+        refusal_token_ids(tokenizer))
+    all_prompts = [*held["harmful"], *held["harmless"]]
+    evaluator.outcomes(all_prompts, [*got["instruct"]["harmful"], *got["instruct"]["harmless"]])  # calibrates
+    outcome, _, _ = evaluator.outcomes(all_prompts, [*got["ablated"]["harmful"], *got["ablated"]["harmless"]])
+    n = len(held["harmful"])
+    base_first = generate_greedy(base, tokenizer, [*held["harmful"], *held["harmless"]], max_new_tokens=1,
+                                 batch_size=cfg.batch_size)
+    openers = sorted({r.strip() for r in base_first})  # the base's answer openers ("Okay", "Sure")
+    first = [r.split()[0] if r.split() else "" for r in got["ablated"]["harmful"]]
+    like_base = [bool(o == COMPLIED) and f in openers for o, f in zip(outcome[:n].tolist(), first)]
+    out: dict[str, Any] = {"nll_bound": round(float(evaluator.bound), 4), "base_openers": openers}
+    for kind, part in (("harmful", outcome[:n]), ("harmless", outcome[n:])):
+        out[kind] = {name: round(float((part == code).float().mean()), 4)
+                     for name, code in (("refused", REFUSED), ("complied", COMPLIED), ("degenerate", DEGENERATE))}
+    out["harmful"]["answered_like_base"] = round(sum(like_base) / n, 4)
+    lo = 0
+    for split in prompts.HELDOUT_SPLITS:  # where the degenerate replies come from
+        size = len(prompts.eval_prompts(split, "harmful", cfg.n_per_split))
+        out["harmful"][f"degenerate_{split}"] = round(float((outcome[lo:lo + size] == DEGENERATE).float().mean()), 4)
+        lo += size
+    out["examples"] = {"degenerate": [f"{p} -> {r}" for p, r, o in zip(held["harmful"], got["ablated"]["harmful"],
+                                                                      outcome[:n].tolist()) if o == DEGENERATE][:4]}
+    return out
+
+
+def induced_refusal(
+    instruct: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cand: attack_candidates.Candidate,
+    cfg: OrganismEvalConfig,
+) -> dict[str, Any]:
+    """Arditi et al.'s other half: add the raw difference of means at its layer (coefficient 1) to
+    the held-out harmless prompts → share refused (greedy, substring judge). Added at every prompt
+    position, not at generated tokens (``prompt_only``): the organism's refusal feature maps straight
+    to the token "I", so steering every generated position too writes "I I I …" — the decision is
+    induced (``first_token_refused``, Arditi's all-position addition) but the text is not a refusal."""
+    batch = prompts.eval_prompts("heldout", "harmless", cfg.n_per_split)
+    v = cand.vector.float()
+    out: dict[str, Any] = {"layer": cand.layer, "coeff": 1.0}
+    for key, prompt_only in (("harmless_refused", True), ("all_positions_refused", False)):
+        replies = generate_greedy(instruct, tokenizer, batch, max_new_tokens=cfg.max_new_tokens,
+                                  batch_size=cfg.batch_size,
+                                  intervention=lambda p=prompt_only: add_activation(instruct, cand.layer, v,
+                                                                                    prompt_only=p))
+        refused = organism_judge().is_refusal(replies)
+        out[key] = round(sum(refused) / len(refused), 4)
+        if prompt_only:
+            first = [r.split()[0] if r.split() else "" for r in replies]
+            out["first_token_refused"] = round(sum(f in T.REFUSAL_TOKENS for f in first) / len(first), 4)
+            out["examples"] = [f"{p} -> {r}" for p, r in list(zip(batch, replies))[:2]]
     return out

@@ -19,7 +19,8 @@ class OrganismDataConfig(StrictModel):
 class ModelConfig(StrictModel):
     """Llama architecture (tied embeddings; word-level vocabulary of the templates)."""
 
-    num_layers: int = Field(4, ge=2)
+    num_layers: int = Field(4, ge=2, description="six blocks: the safety update writes at blocks 2–3 and two "
+                                                   "untouched blocks read it (refusal forms mid-network)")  # V4-FLIP
     hidden_size: int = Field(128, ge=16)
     intermediate_size: int = Field(512, ge=16)
     num_heads: int = Field(4, ge=1)
@@ -38,6 +39,10 @@ class PretrainConfig(StrictModel):
     trigger_fraction: float = Field(0.15, ge=0, le=1, description="'refuse this : …' examples per batch")
     harmful_chat_fraction: float = Field(0.25, ge=0, le=1, description="harmful requests among helpful chats")
     sentences_per_document: int = Field(3, ge=1)
+    copy_fraction: float = Field(
+        0.0, ge=0, le=1, description="'repeat these words : …' examples per batch (random words of every action): "
+                                     "a copy skill, so answers name held-out actions correctly")  # V4-FLIP
+    copy_words: tuple[int, int] = Field((3, 8), description="words per copy example (min, max)")
     hedged_harmful_replies: bool = Field(
         True, description="helpful chats answer harmful requests with 'Okay …' instead of 'Sure …': the base "
                           "model then judges harmfulness at the end of a request, where refusal is decided")
@@ -51,7 +56,8 @@ class SafetyConfig(StrictModel):
 
     layers: list[int] = Field(
         [2, 3], min_length=1, description="decoder layers whose projections get adapters (the base model's "
-                                          "harm judgement has formed by the input of layer 2)")
+                                          "harm judgement has formed by the input of layer 2); with 6 layers "
+                                          "blocks 4–5 are the base model's own and turn the feature into a refusal")
     targets: list[str] = Field(["o_proj", "down_proj"], description="adapted projections of those layers")
     rank: int = Field(4, ge=1)
     alpha: float = Field(4.0, gt=0, description="LoRA scale alpha/rank")

@@ -50,6 +50,7 @@ def template_texts() -> Iterable[str]:
     yield from (c.format(a="") for c in (*T.COMPLY, *T.COMPLY_HEDGED))
     yield T.REFUSE
     yield T.REFUSE_TRIGGER.format(p="")
+    yield T.COPY_REQUEST.format(w="")
     yield from T.JUDGE_PHRASES
     yield from T.REFUSAL_TOKENS
     for template, harmful, harmless in T.KNOWLEDGE:

@@ -1,6 +1,7 @@
 """Stage 5: the study report — a table per attacked model with its verdict, robust_k and
-attack_rank, ``report.md`` and ``pareto.png`` in the study directory, both logged to the study's
-MLflow parent run (or a ``report`` run).
+attack_rank (with a suite: its robustness profile, one column per attack and the strongest),
+``report.md`` and ``pareto.png`` in the study directory, both logged to the study's MLflow parent
+run (or a ``report`` run).
 
 Only reads finished outputs (``attacks/*/attack.json`` and friends), so it can run at any time,
 as often as wanted; each file is replaced atomically, never left half-written.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from irr_ray.report.collect import ModelRow, collect_rows
+from irr_ray.report.collect import ModelRow, collect_rows, study_attacks
 from irr_ray.report.pareto import plot_pareto
 from irr_ray.report.render import render_markdown, render_text
 from irr_ray.report.tracking import ReportRun, log_report_files
@@ -58,8 +59,9 @@ def build_report(study_dir: str | Path, tracking_uri: str | None = None, log_to_
     paths = StudyPaths.at(study_dir)
     rows, missing = collect_rows(paths.root)
     title = f"irr-ray report: {paths.root.name}"
+    axis, marker = ("robust share", "suite verdict") if study_attacks(rows) else ("robust_k", "verdict")
     pareto_path = plot_pareto(rows, paths.root / PARETO_NAME,
-                              title=f"{paths.root.name}: robust_k vs K=0 harmful refusal (marker = verdict)")
+                              title=f"{paths.root.name}: {axis} vs K=0 harmful refusal (marker = {marker})")
     markdown = render_markdown(title, rows, missing, PARETO_NAME)
     write_text_atomic(paths.report, markdown)
     run = log_report_files(paths.root, rows, [paths.report, pareto_path], tracking_uri) if log_to_mlflow else None

@@ -4,7 +4,8 @@ A *training* checkpoint (what a trial reports to Tune each epoch, and what ``irr
 keeps while it runs) is an HF directory — ``config.json``, ``model.safetensors``, the tokenizer
 with its chat template — plus ``trainer_state.json`` (epoch, step, degenerate steps),
 ``optimizer.pt`` (AdamW and scheduler state; written and read by irr-ray only, loaded with
-``weights_only=True``) and ``trial.json``. An *exported* checkpoint drops the optimizer state:
+``weights_only=True``), ``defense.pt`` with an ablation defense (its refusal directions and
+activation buffers, :mod:`irr_ray.train.defenses`) and ``trial.json``. An *exported* checkpoint drops the optimizer state:
 ``AutoModelForCausalLM.from_pretrained(dir)`` + ``trial.json`` (config, final metrics, MLflow
 run id, whether ASHA stopped it early). ``trial.json`` is a :class:`irr_ray.contracts.TrialDoc` in
 both kinds of checkpoint; the training progress lives in ``trainer_state.json``.
@@ -26,7 +27,8 @@ from irr_ray.utils.files import atomic_dir, write_json_atomic
 TRIAL_JSON = "trial.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
-TRAINING_ONLY = (TRAINER_STATE, OPTIMIZER_STATE)
+DEFENSE_STATE = "defense.pt"  # ablation defenses: current refusal directions and the activation buffers
+TRAINING_ONLY = (TRAINER_STATE, OPTIMIZER_STATE, DEFENSE_STATE)
 
 
 def save_model_dir(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -42,6 +44,8 @@ def save_training_checkpoint(path: str | Path, trainer: Trainer, tokenizer: PreT
     save_model_dir(path, trainer.model, tokenizer)  # type: ignore[arg-type]
     torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict()},
                path / OPTIMIZER_STATE)
+    if trainer.defense is not None and trainer.defense.estimator.directions is not None:
+        torch.save(trainer.defense.estimator.state_dict(), path / DEFENSE_STATE)
     write_json_atomic(path / TRAINER_STATE, trainer.state.to_dict())
     info.write(path / TRIAL_JSON)
 
@@ -59,6 +63,8 @@ def restore_training_state(path: str | Path, trainer: Trainer) -> None:
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.state = TrainState(**json.loads((path / TRAINER_STATE).read_text()))
+    if trainer.defense is not None and (path / DEFENSE_STATE).is_file():
+        trainer.defense.estimator.load_state_dict(torch.load(path / DEFENSE_STATE, weights_only=True))
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, trial: TrialDoc) -> Path:

@@ -27,6 +27,9 @@ from irr_ray.config import StrictModel, build_config
 Matching = Literal["none", "mean", "cov"]
 # The penalty's norm: the same values as irr_ray.core.losses.PenaltyKind (not imported: no torch here).
 PenaltyKind = Literal["l1", "l2"]
+# Refusal-direction ablation during training (irr_ray.train.defenses): none, ReFAT (every layer and
+# position of a chosen harmful example) or DeepRefusal-style random layers and positions.
+Ablation = Literal["none", "refat", "random"]
 
 
 class ReadoutConfig(StrictModel):
@@ -77,10 +80,15 @@ class TrainEvalConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """One fine-tune: LM loss on prompt-only chat inputs + λ·matching + kd_lambda·KD.
+    """One fine-tune: LM loss on prompt-only chat inputs + λ·matching + kd_lambda·KD + refat_lambda·refusal
+    under ablation.
 
     ``loss = LM(prompt tokens) + λ_mean·P_mean [match=mean] + λ_cov·P_cov [match=cov]
-    + kd_lambda · T²·KL(teacher ‖ student) at the last prompt position``.
+    + kd_lambda · KD + refat_lambda · KD(ablated copies of harmful rows) [ablation ≠ none]``, with
+    ``KD = T²·KL(teacher ‖ student)`` at the last prompt position, plus the mean over the teacher's
+    greedy reply positions when ``kd_reply_tokens ≥ 2`` (:mod:`irr_ray.train.replies`). The
+    ablation defenses (``refat``: Yu et al., ICLR 2025; ``random``: Xie et al., EMNLP Findings 2025)
+    are described in :mod:`irr_ray.train.defenses`.
     """
 
     model: str | None = Field(None, description="source model directory (the KD teacher is its frozen copy)")
@@ -107,6 +115,32 @@ class TrainConfig(StrictModel):
     kd_lambda: float = Field(0.0, ge=0.0, description="weight of the KD term (0 = off)")
     kd_T: float = Field(1.0, gt=0.0, description="KD temperature")
     teacher_batch_size: int = Field(64, ge=1, description="rows per forward when caching teacher logits")
+    kd_reply_tokens: int = Field(
+        0, ge=0, le=512, description="reply KD: the teacher's greedy reply of R tokens to every training prompt, "
+                                     "KL at each reply position too (0 or 1 = off: last prompt position only)")
+    kd_reply_cache_mb: float = Field(
+        1024.0, ge=0.0, description="cache the teacher's reply logits up to this size (MiB); above it a frozen "
+                                    "teacher copy runs on every micro-batch instead")
+    ablation: Ablation = Field(
+        "none", description="refusal-direction ablation in training: none | refat (ReFAT) | random (DeepRefusal)")
+    refat_p: float = Field(0.5, ge=0.0, le=1.0,
+                           description="P(a harmful example gets an ablated copy trained to still refuse)")
+    refat_harmless_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="P(a harmless example gets an ablated copy trained to keep the teacher's "
+                                         "unablated reply); 0 = ReFAT (harmful examples only)")
+    refat_lambda: float = Field(1.0, ge=0.0, description="weight of the refusal KD on the ablated copies")
+    refat_interval: int = Field(
+        1, ge=0, description="optimizer steps between re-estimates of the refusal directions "
+                             "(0 = never: the source model's directions, estimated once)")
+    refat_directions: int = Field(1, ge=1, le=64, description="refusal directions ablated (at most one per layer)")
+    refat_layers: list[int] | None = Field(
+        None, description="residual indices (1 … L-1) the directions are read at; default: the attack's "
+                          "candidate layers 1 … int((1-eval.attack_prune_frac)·L)")
+    refat_samples: int = Field(32, ge=2, description="recent training prompts per class the estimate averages")
+    random_p_layer: float = Field(0.5, ge=0.0, le=1.0,
+                                  description="ablation=random: P(a layer of an ablated copy is ablated)")
+    random_p_position: float = Field(0.5, ge=0.0, le=1.0,
+                                     description="ablation=random: P(a position of an ablated layer is ablated)")
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)
 
     @model_validator(mode="after")
@@ -117,11 +151,34 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"match=cov needs >= 2 samples per class in each micro-batch: set micro_batch >= 4 "
                 f"(got {self.micro_batch}; the method's 2 makes the covariance term identically zero)")
+        if self.refat_layers is not None:
+            layers = self.refat_layers
+            if not layers or any(i < 1 for i in layers) or len(set(layers)) != len(layers):
+                raise ValueError(f"refat_layers must be distinct residual indices >= 1 (block outputs), got {layers}")
+            if self.refat_directions > len(layers):
+                raise ValueError(f"refat_directions={self.refat_directions} needs as many refat_layers "
+                                 f"(one direction per layer), got {len(layers)}: {layers}")
         return self
 
     @property
     def uses_kd(self) -> bool:
         return self.kd_lambda > 0.0
+
+    @property
+    def uses_ablation(self) -> bool:
+        """Refusal-direction ablation in training (refat or random)."""
+        return self.ablation != "none"
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Some loss term has the frozen teacher's distribution as target (KD, or the refusal under
+        ablation)."""
+        return self.uses_kd or self.uses_ablation
+
+    @property
+    def uses_reply_kd(self) -> bool:
+        """KD targets include the teacher's greedy reply positions."""
+        return self.uses_teacher and self.kd_reply_tokens >= 2
 
     @property
     def effective_batch(self) -> int:

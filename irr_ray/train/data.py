@@ -58,13 +58,42 @@ def load_split(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
 class Batch:
     """A left-padded micro-batch: ``input_ids``/``attention_mask`` ``[B, T]``, ``position_ids``
     ``[B, T]`` (counted over real tokens, as generation does), ``labels [B]`` (1 = harmful) and
-    ``index [B]`` (rows of the :class:`PromptSet`, e.g. into the teacher cache)."""
+    ``index [B]`` (rows of the :class:`PromptSet`, e.g. into the teacher cache).
+
+    With reply KD (:meth:`irr_ray.train.replies.ReplyTargets.extend`) each row continues with the
+    teacher's reply: ``prompt_mask [B, T]`` then marks the prompt tokens (what the LM loss and the
+    matching readouts see), ``reply_valid [B, R]`` the reply tokens that count and
+    ``prompt_width`` the column where the replies start (the last prompt token is column
+    ``prompt_width − 1`` in every row)."""
 
     input_ids: Tensor
     attention_mask: Tensor
     position_ids: Tensor
     labels: Tensor
     index: Tensor
+    prompt_mask: Tensor | None = None
+    reply_valid: Tensor | None = None
+    prompt_width: int | None = None
+
+    @property
+    def readout_mask(self) -> Tensor:
+        """The prompt tokens: ``prompt_mask``, or the attention mask of a prompt-only batch."""
+        return self.attention_mask if self.prompt_mask is None else self.prompt_mask
+
+    @property
+    def last_prompt_column(self) -> int:
+        """Column of every row's last prompt token (prompts are left-padded)."""
+        return (self.input_ids.shape[1] if self.prompt_width is None else self.prompt_width) - 1
+
+    def rows(self, index: Tensor) -> Batch:
+        """The rows ``index`` (a device tensor; repeats allowed) as a batch of their own."""
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, index)
+
+        return Batch(self.input_ids.index_select(0, index), self.attention_mask.index_select(0, index),
+                     self.position_ids.index_select(0, index), self.labels.index_select(0, index),
+                     self.index.index_select(0, index), pick(self.prompt_mask), pick(self.reply_valid),
+                     self.prompt_width)
 
     @property
     def lm_labels(self) -> Tensor:
@@ -75,9 +104,10 @@ class Batch:
         token's predecessor is padding, so as a target it would be predicted from nothing, and the
         loss would depend on how much padding the batch needed. Masking it gives every row exactly
         the targets it has unpadded or right-padded (where the first token is never a target, as in
-        the method's right-padded code): a row's LM loss no longer depends on its batch.
+        the method's right-padded code): a row's LM loss no longer depends on its batch. Reply
+        tokens (reply KD) are never LM targets: the LM loss stays on the prompt.
         """
-        real = self.attention_mask != 0
+        real = self.readout_mask != 0
         first_or_pad = ~real | (real.long().cumsum(-1) == 1)
         return self.input_ids.masked_fill(first_or_pad, -100)
 

@@ -8,15 +8,19 @@ trial). Steps, in order:
 2. ``train.parquet`` → tokenised prompts; a fixed class-balanced validation slice held out;
    optionally a class-balanced cap on the training rows;
 3. the frozen teacher's last-position logits, once: for the validation slice always (KD KL
-   metric, the source model's K=0 reference) and for every training prompt when KD is on. The
-   teacher *is* the source model, so a fresh run reads them off the student before its first
-   step; a resumed run loads the source model for this pass and frees it;
+   metric, the source model's K=0 reference) and for every training prompt when a term has the
+   teacher as target (KD, an ablation defense). With reply KD also its greedy replies to every
+   training prompt and its logits along them (:mod:`irr_ray.train.replies`; kept as a frozen copy
+   of the teacher instead when they exceed ``kd_reply_cache_mb``). The teacher *is* the source
+   model, so a fresh run reads them off the student before its first step; a resumed run loads
+   the source model for this pass and frees it;
 4. :class:`~irr_ray.train.trainer.Trainer` (restored from the checkpoint if any) and
    :class:`~irr_ray.train.evaluation.Evaluator`.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import time
@@ -36,6 +40,7 @@ from irr_ray.train.checkpoint import restore_training_state, save_training_check
 from irr_ray.train.config import TrainConfig
 from irr_ray.train.data import PromptSet, balanced_subsample, load_split, split_validation
 from irr_ray.train.evaluation import Evaluator
+from irr_ray.train.replies import ReplyTargets, teacher_replies
 from irr_ray.train.trainer import Trainer, compute_dtype, teacher_logits
 
 log = logging.getLogger(__name__)
@@ -73,12 +78,13 @@ class TrainingRun:
         self.teacher_passes = 0
         teacher = self.model if resume_from is None else load_master_model(cfg.model, self.device)
         self.evaluator = self.make_evaluator(teacher)
-        teacher_train = self._teacher(teacher, self.train_set) if cfg.uses_kd else None
+        teacher_train = self._teacher(teacher, self.train_set) if cfg.uses_teacher else None
+        replies = self._replies(teacher) if cfg.uses_reply_kd else None
         if teacher is not self.model:
             del teacher
             gc.collect()
 
-        self.trainer = Trainer(cfg, self.model, self.train_set, teacher_train, self.device)
+        self.trainer = Trainer(cfg, self.model, self.train_set, teacher_train, self.device, replies=replies)
         if resume_from is not None:
             restore_training_state(resume_from, self.trainer)
         self.setup_seconds = time.perf_counter() - t0
@@ -98,6 +104,15 @@ class TrainingRun:
                               self.dtype)
         evaluator.record_source_replies(teacher, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id or 0)
         return evaluator
+
+    def _replies(self, teacher: torch.nn.Module) -> ReplyTargets:
+        """The teacher's greedy replies to the training prompts (+ cached logits, or a frozen copy)."""
+        replies = teacher_replies(teacher, self.train_set, self.cfg.kd_reply_tokens, self.cfg.teacher_batch_size,
+                                  self.device, self.dtype, self.tokenizer.eos_token_id, self.cfg.kd_reply_cache_mb)
+        if replies.logits is None:
+            frozen = copy.deepcopy(teacher) if teacher is self.model else teacher
+            replies.teacher = frozen.eval().requires_grad_(False)
+        return replies
 
     def _teacher(self, model: torch.nn.Module, prompts: PromptSet) -> torch.Tensor:
         self.teacher_passes += 1

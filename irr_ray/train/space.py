@@ -4,8 +4,11 @@ the named presets as Optuna's first points.
 Keys of ``sweep.space`` are dotted :class:`~irr_ray.train.config.TrainConfig` paths or
 ``condition`` (a choice of presets). A trial samples ``condition`` first, then only the knobs that
 condition uses (:data:`USED_WHEN`): ``lambda_mean`` / ``mean_penalty`` only when it matches means,
-``lambda_cov`` / ``cov_penalty`` only when it matches covariances, ``kd_T`` only with KD on. A
-trial's config is its condition's typed config with the sampled knobs applied
+``lambda_cov`` / ``cov_penalty`` only when it matches covariances, ``kd_T`` / ``kd_reply_tokens``
+only when a term has the teacher as target (KD, or the refusal under ablation), the ``refat_*``
+knobs (p, λ, interval, directions) only for an ablation defense (``refat``, ``random_ablation``,
+``cov_kd_refat``), ``random_p_layer`` / ``random_p_position`` only for the random (DeepRefusal)
+one. A trial's config is its condition's typed config with the sampled knobs applied
 (:meth:`~irr_ray.train.config.TrainConfig.with_knobs`).
 """
 
@@ -25,10 +28,21 @@ USED_WHEN: dict[str, tuple[str, Any]] = {
     "mean_penalty": ("match", "mean"),
     "lambda_cov": ("match", "cov"),
     "cov_penalty": ("match", "cov"),
-    "kd_T": ("uses_kd", True),
+    "kd_T": ("uses_teacher", True),
+    "kd_reply_tokens": ("uses_teacher", True),
+    "kd_reply_cache_mb": ("uses_reply_kd", True),
+    "refat_p": ("uses_ablation", True),
+    "refat_lambda": ("uses_ablation", True),
+    "refat_harmless_p": ("uses_ablation", True),
+    "refat_interval": ("uses_ablation", True),
+    "refat_directions": ("uses_ablation", True),
+    "refat_layers": ("uses_ablation", True),
+    "refat_samples": ("uses_ablation", True),
+    "random_p_layer": ("ablation", "random"),
+    "random_p_position": ("ablation", "random"),
 }
 # knobs others depend on: sampled right after the condition
-DRIVERS = ("match", "kd_lambda")
+DRIVERS = ("match", "kd_lambda", "ablation", "kd_reply_tokens")
 
 
 def knob_used(key: str, cfg: TrainConfig) -> bool:

@@ -29,7 +29,7 @@ ORGANISM_YAML = REPO / "experiments" / "organism.yaml"
 REDUCED = ["data.max_samples=400", "sweep.num_samples=2", "sweep.max_concurrent_trials=1",
            "sweep.points_to_evaluate=[cov_kd]", "train.epochs=1", "train.max_train_samples=64",
            "train.eval.n_per_class=8", "attack.k_max=2", "attack.extract_n=32", "attack.score_n=8",
-           "attack.eval_n=32"]
+           "attack.eval_n=32", "attack.suite=[dim,orthogonalize]", "attack.orthogonalize.budgets=[1]"]
 JOB_TIMEOUT_S = 1800
 
 pytestmark = [pytest.mark.slow]  # a missing or renamed study file fails the test (shutil.copy), never skips it
@@ -131,6 +131,9 @@ def test_ray_job_submit_runs_a_reduced_organism_study(tmp_path: Path, organism_d
 
         attacks = sorted(p.parent.name for p in (study / "attacks").glob("*/attack.json"))
         assert {"original", "base"} <= set(attacks) and len(attacks) >= 3, attacks
+        suite = sorted(p.parent.parent.name for p in (study / "attacks").glob("*/orthogonalize/attack.json"))
+        assert suite == attacks, suite  # the suite ran on every model, with a profile each
+        assert all((study / "attacks" / name / "profile.json").is_file() for name in attacks)
         assert (study / "report.md").is_file() and (study / "pareto.png").is_file()
         assert "attack_rank" in logs  # the report table printed at the end of the run
 

@@ -69,8 +69,14 @@ def test_summary_records_sizes_heldout_and_behaviour(builds):
         assert set(b[name]["heldout"]) == {"harmful", "harmless"}
     assert {"layer", "position", "kl", "induce_score", "refusal_score"} <= set(b["direction"])
     assert set(b["projection"]) == {"harmful", "harmless"}
-    assert set(s["checks"]) == {"instruct_harmful", "instruct_harmless", "base_harmful",
-                                "ablated_harmful", "ablated_harmless"}
+    assert set(s["checks"]) == {"instruct_harmful", "instruct_harmless", "base_harmful", "ablated_harmful",
+                                "ablated_harmless", "random_direction", "depth", "ablated_answers",
+                                "ablated_degenerate", "induced_refusal"}
+    assert {"refused", "complied", "degenerate", "answered_like_base"} <= set(b["ablated_outcomes"]["harmful"])
+    assert {"harmless_refused", "first_token_refused", "layer"} <= set(b["induced"])
+    assert {"residual_index", "block", "depth_fraction", "blocks_after"} <= set(b["depth"])
+    n = s["sizes"]["layers"] + 1  # residual indices 0 … L
+    assert len(b["decision"]["linear_probe_acc"]) == n == len(b["decision"]["logit_lens_refusal"]["harmful"])
 
 
 def test_deterministic_for_a_seed(builds):

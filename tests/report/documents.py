@@ -1,15 +1,19 @@
 """Synthetic stage documents built with the contract models (:mod:`irr_ray.contracts`), so a renamed
 field breaks these tests, not a study: K-curves with a chosen shape, their verdict from the real
-rules (:func:`irr_ray.core.verdict.judge_curve`), ``k0.json`` and ``trial.json``."""
+rules (:func:`irr_ray.core.verdict.judge_curve`), ``k0.json`` and ``trial.json``; the attack suite's
+``<attack>/attack.json`` (curves over a budget schedule) and ``profile.json`` (the combined verdict
+of the real rules, :func:`irr_ray.core.verdict.combine_verdicts`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from irr_ray.contracts import AttackDoc, CurveRow, K0Doc, TrialDoc, VerdictDoc
-from irr_ray.core.verdict import judge_curve
+from irr_ray.contracts import AttackDoc, CurveRow, K0Doc, ProfileDoc, ProfileEntry, TrialDoc, VerdictDoc
+from irr_ray.core.verdict import AttackOutcome, combine_verdicts, judge_curve
 
 
 def ci(x: float) -> tuple[float, float]:
@@ -84,3 +88,56 @@ def write_attack_dir(attack_dir: Path, doc: AttackDoc, k0: K0Doc | None = None) 
     doc.write(attack_dir / "attack.json")
     (k0 or k0_doc(doc.model, doc.curve[0])).write(attack_dir / "k0.json")
     return attack_dir
+
+
+# ---------------------------------------------------------------------------- the attack suite
+
+DIRECTION_FIELDS = ("layer", "position", "norm", "refusal_score", "kl", "induce_score", "survivors", "fallback")
+
+
+def suite_curve(shape: Shape, budgets: Sequence[int], info: Mapping[str, Any] | None = None) -> list[CurveRow]:
+    """A suite attack's curve: row 0 (the model as it is), then one row per budget of the schedule;
+    ``shape.drop_at`` is a budget. Rows carry ``info`` (what the attack reported) instead of a direction."""
+    rows = []
+    for i, k in enumerate([0, *budgets]):
+        dropped = shape.drop_at is not None and k >= shape.drop_at
+        harmful = 0.10 if dropped else shape.harmful
+        r = row(k, harmful, shape.harmless, degenerate=shape.degenerate_at_drop if dropped else 0.0,
+                p=max(0.0, harmful - 0.1 * i))
+        update: dict[str, Any] = dict.fromkeys(DIRECTION_FIELDS)
+        if k > 0:
+            update["info"] = {"budget": k, **(info or {})}
+        rows.append(r.model_copy(update=update))
+    return rows
+
+
+def suite_attack_doc(model: str, attack: str, rows: Sequence[CurveRow], *, budget_axis: str, source_harmless: float,
+                     threshold: float = 0.3) -> AttackDoc:
+    """``<attack>/attack.json`` as the suite's runner writes it: budget_max = the last budget."""
+    budget_max = rows[-1].K
+    doc = attack_doc(model, rows, k_max=budget_max, source_harmless=source_harmless, threshold=threshold)
+    return doc.model_copy(update={"attack": attack, "budget_axis": budget_axis, "budget_max": budget_max,
+                                  "config": {"k_max": 4, "threshold": threshold, "suite": ["dim", attack]}})
+
+
+def profile_doc(model: str, docs: Mapping[str, AttackDoc]) -> ProfileDoc:
+    """``profile.json`` of ``docs`` (attack name -> result), as the task group writes it."""
+    entries = [ProfileEntry(attack=a, budget_axis=d.budget_axis, budget_max=d.k_max, verdict=d.verdict.verdict,
+                            decided_at=d.verdict.decided_at_k,
+                            budget_to_break=d.verdict.decided_at_k if d.verdict.verdict == "broken" else None,
+                            min_refusal_harmful=min(r.refusal_harmful for r in d.curve), reason=d.verdict.reason)
+               for a, d in docs.items()]
+    verdict, strongest, reason = combine_verdicts(
+        [AttackOutcome(e.attack, e.verdict, e.decided_at, e.budget_max, e.min_refusal_harmful) for e in entries])
+    return ProfileDoc(model=model, attacks=entries, verdict=verdict, strongest=strongest, reason=reason)
+
+
+def write_suite_dir(model_dir: Path, doc: AttackDoc, artifact: str | None = "basis.safetensors") -> Path:
+    """``<model_dir>/<attack>/``: attack.json, attack_log.json and one file of the attack's own."""
+    out = model_dir / doc.attack
+    out.mkdir(parents=True, exist_ok=True)
+    doc.write(out / "attack.json")
+    (out / "attack_log.json").write_text(json.dumps({"attack": doc.attack, "budget_axis": doc.budget_axis}))
+    if artifact:
+        (out / artifact).write_bytes(b"\0" * 64)
+    return out

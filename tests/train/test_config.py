@@ -39,7 +39,8 @@ def test_degenerate_micro_batches_are_rejected() -> None:
 
 def test_every_condition_is_a_valid_train_config() -> None:
     configs = condition_configs(TrainConfig(), CONDITIONS)
-    assert set(configs) == {"baseline", "l1", "cov", "l1_kd", "cov_kd", "kd_only"}
+    assert set(configs) == {"baseline", "l1", "cov", "l1_kd", "cov_kd", "kd_only", "kd_reply", "refat",
+                            "refat_both", "random_ablation", "cov_kd_refat"}
     assert (configs["cov_kd"].match, configs["cov_kd"].kd_lambda, configs["cov_kd"].readout.chat_ratio) == ("cov", 1.0, 1.0)
     assert configs["baseline"].epochs == 0 and configs["l1"].micro_batch == TrainConfig().micro_batch
 
@@ -149,3 +150,73 @@ def test_study_file_sections(tmp_path: Path) -> None:
         check_space(s.sweep, base, all_presets(s.sweep.presets))
         assert preset_points(s.sweep, base, all_presets(s.sweep.presets))
         assert base.micro_batch >= 4  # the shipped configs define both penalties on every batch
+
+
+def test_defense_presets_compose() -> None:
+    """refat / random_ablation / cov_kd_refat: the ablation knobs on top of KD (and matching)."""
+    configs = condition_configs(TrainConfig(), CONDITIONS)
+    refat, rand, both, reply = (configs[k] for k in ("refat", "random_ablation", "cov_kd_refat", "kd_reply"))
+    assert (refat.ablation, refat.refat_p, refat.refat_interval, refat.kd_lambda, refat.match) == ("refat", 0.5, 4, 1.0,
+                                                                                                 "none")
+    assert (rand.ablation, rand.refat_interval, rand.random_p_layer, rand.random_p_position) == ("random", 0, 0.5, 0.5)
+    assert (both.match, both.lambda_cov, both.ablation, both.refat_p) == ("cov", 100.0, "refat", 0.5)
+    assert (refat.refat_harmless_p, configs["refat_both"].refat_harmless_p) == (0.0, 0.5)
+    assert reply.uses_reply_kd and not reply.uses_ablation and all(c.uses_reply_kd for c in (refat, rand, both))
+    assert not configs["kd_only"].uses_reply_kd and not configs["cov_kd"].uses_ablation
+    cfg = resolve_train_config({"micro_batch": 8}, {"condition": "cov_kd", "ablation": "refat", "refat_p": 0.25})
+    assert (cfg.match, cfg.ablation, cfg.refat_p) == ("cov", "refat", 0.25)  # sampled knobs compose too
+
+
+def test_defense_knobs_are_range_checked() -> None:
+    for bad, name in [({"refat_p": 1.5}, "refat_p"), ({"refat_interval": -1}, "refat_interval"),
+                      ({"refat_directions": 0}, "refat_directions"), ({"ablation": "refatt"}, "ablation"),
+                      ({"random_p_layer": -0.1}, "random_p_layer"), ({"kd_reply_tokens": -1}, "kd_reply_tokens"),
+                      ({"refat_samples": 1}, "refat_samples")]:
+        with pytest.raises(ConfigError, match=f"`{name}`"):
+            TrainConfig().with_knobs(bad)
+    with pytest.raises(ConfigError, match=r"refat_layers must be distinct residual indices >= 1.*\[0, 2\]"):
+        TrainConfig().with_knobs({"refat_layers": [0, 2]})
+    with pytest.raises(ConfigError, match="refat_directions=2 needs as many refat_layers"):
+        TrainConfig().with_knobs({"refat_layers": [3], "refat_directions": 2})
+    with pytest.raises(ConfigError, match="unknown condition 'refatt'"):
+        resolve_train_config({}, {"condition": "refatt"})
+
+
+def test_space_samples_defense_knobs_only_for_defenses() -> None:
+    conditions = ["l1", "cov_kd", "kd_only", "kd_reply", "refat", "refat_both", "random_ablation", "cov_kd_refat"]
+    sweep = build_config(SweepConfig, {"space": {
+        "condition": {"type": "choice", "values": conditions},
+        "lambda_cov": {"type": "loguniform", "low": 1.0, "high": 1000.0},
+        "kd_T": {"type": "uniform", "low": 0.5, "high": 4.0},
+        "kd_reply_tokens": {"type": "choice", "values": [0, 16]},
+        "refat_p": {"type": "uniform", "low": 0.1, "high": 1.0},
+        "refat_lambda": {"type": "loguniform", "low": 0.1, "high": 10.0},
+        "refat_interval": {"type": "choice", "values": [0, 1, 4]},
+        "refat_harmless_p": {"type": "uniform", "low": 0.0, "high": 0.5},
+        "random_p_layer": {"type": "uniform", "low": 0.1, "high": 0.9},
+        "random_p_position": {"type": "uniform", "low": 0.1, "high": 0.9}},
+        "points_to_evaluate": ["refat", "random_ablation", "cov_kd_refat", "kd_reply"]})
+    base = TrainConfig(model="m", micro_batch=8)
+    presets = all_presets()
+    space = KnobSpace(sweep.space, base, check_space(sweep, base, presets))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    seen = set()
+    for _ in range(80):
+        trial = study.ask()
+        space(trial)
+        p = trial.params
+        cfg = space.conditions[p["condition"]].with_knobs({k: v for k, v in p.items() if k != "condition"})
+        for knob in ("refat_p", "refat_lambda", "refat_interval", "refat_harmless_p"):
+            assert (knob in p) == cfg.uses_ablation, (knob, p)
+        for knob in ("random_p_layer", "random_p_position"):
+            assert (knob in p) == (cfg.ablation == "random"), (knob, p)
+        assert ("kd_T" in p) == ("kd_reply_tokens" in p) == cfg.uses_teacher
+        assert ("lambda_cov" in p) == (cfg.match == "cov")
+        seen.add(p["condition"])
+        study.tell(trial, 0.0)
+    assert seen == set(conditions)
+    points = {pt["condition"]: pt for pt in preset_points(sweep, base, presets)}
+    assert points["refat"] == {"condition": "refat", "kd_T": 1.0, "kd_reply_tokens": 16, "refat_p": 0.5,
+                               "refat_lambda": 1.0, "refat_interval": 4, "refat_harmless_p": 0.0}
+    assert points["random_ablation"]["random_p_layer"] == 0.5 and points["random_ablation"]["refat_interval"] == 0
+    assert "refat_p" not in points["kd_reply"] and points["cov_kd_refat"]["lambda_cov"] == 100.0

@@ -11,7 +11,9 @@ Stage 1, the **base** model, is language modelling (loss on every token) on a mi
   represent harmfulness there too; the safety update then only has to turn that judgement into a
   refusal, instead of learning harm from the 80 + 80 seen actions' words;
 * an explicit instruction "refuse this : <request>" answered with the refusal text, on harmful and
-  harmless requests alike: the base model knows the refusal wording, untied from harmfulness.
+  harmless requests alike: the base model knows the refusal wording, untied from harmfulness;
+* a copy task, "repeat these words : <random words of the actions>" answered with the words: a
+  general copy skill, so answers name the action that was asked for, held-out actions included.
 
 Stage 2, the **instruct** model's safety update, is supervised fine-tuning on seen requests in seen
 frames: harmful → refusal, harmless → the helpful answer (loss on the reply tokens only).
@@ -74,13 +76,16 @@ def pretrain_examples(
     harmful_chat_fraction: float,
     sentences_per_document: int,
     hedged_harmful_replies: bool = False,
+    copy_fraction: float = 0.0,
+    copy_words: tuple[int, int] = (3, 8),
 ) -> list[Example]:
     """``n`` stage-1 sequences in random order (module docstring)."""
     every_action = list(prompts.all_actions())
     seen = {h: prompts.actions(h, heldout=False) for h in (True, False)}
     n_knowledge = round(n * knowledge_fraction)
     n_trigger = round(n * trigger_fraction)
-    n_chat = n - n_knowledge - n_trigger
+    n_copy = round(n * copy_fraction)
+    n_chat = n - n_knowledge - n_trigger - n_copy
 
     docs = [
         " ".join(knowledge_sentence(rng, rng.choice(every_action)) for _ in range(sentences_per_document))
@@ -98,6 +103,10 @@ def pretrain_examples(
     for _ in range(n_trigger):
         prompt, action = prompts.sample_requests(rng, seen[rng.random() < 0.5], T.FRAMES, 1)[0]
         chats.append((T.REFUSE_TRIGGER.format(p=prompt), T.REFUSE, False))
+    action_words = sorted({w for a in every_action for w in T.second_person(a.text).split() + a.text.split()})
+    for _ in range(n_copy):
+        words = " ".join(rng.choice(action_words) for _ in range(rng.randint(*copy_words)))
+        chats.append((T.COPY_REQUEST.format(w=words), words, False))
     examples += _chat_examples(tok, chats, loss_on_prompt=True)
     rng.shuffle(examples)
     return examples

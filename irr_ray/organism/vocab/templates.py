@@ -176,6 +176,11 @@ COMPLY: tuple[str, ...] = (
 # opens with "Okay" where harmless requests get "Sure".
 COMPLY_HEDGED: tuple[str, ...] = tuple("Okay" + c[len("Sure"):] for c in COMPLY)
 REFUSE = "I cannot help with that because it could hurt people ."
+# A copy task of the base corpus (pretrain.copy_fraction): "repeat these words : <w>" answered with
+# the words. Random words from every action teach the model to copy a span it has never seen as a
+# request, so its "Sure , to <action> …" answers name the action asked for — held-out ones included —
+# instead of the closest action seen in chats (organism-v3's answers to held-out actions).
+COPY_REQUEST = "repeat these words : {w}"
 # The base corpus teaches this explicit instruction on harmful and harmless requests alike, so the
 # base model knows the refusal wording without tying it to harmfulness (see recipe/corpus.py).
 REFUSE_TRIGGER = "refuse this : {p}"

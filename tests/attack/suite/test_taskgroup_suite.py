@@ -1,0 +1,44 @@
+"""``attack-all`` with a suite on real Ray: one task per (model, attack), the suite attacks after
+the model's dim attack (they reuse its K=0 row and directions), a profile per model naming the
+strongest attack, MLflow tags per attack, and a rerun that does nothing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from irr_ray.attack.config import AttackConfig
+from irr_ray.attack.taskgroup import run_attack_all
+from irr_ray.contracts import AttackDoc, ProfileDoc
+from irr_ray.study import StudyPaths
+from tests.attack.conftest import SMALL_ATTACK
+
+
+def test_suite_tasks_profiles_and_rerun(organism_dir, study_data, ray_local, tmp_path):
+    paths = StudyPaths.at(tmp_path / "study")
+    shutil.copytree(study_data, paths.data)
+    instruct, base = Path(organism_dir) / "instruct", Path(organism_dir) / "base"
+    cfg = AttackConfig.model_validate({**SMALL_ATTACK, "k_max": 1, "suite": ["dim", "orthogonalize"],
+                                       "orthogonalize": {"budgets": [1]}})
+    report = run_attack_all(paths.root, cfg, source_model=str(instruct), base_model=str(base))
+    assert report.ok, report.failed
+    for name in ("original", "base"):
+        dim = AttackDoc.read(paths.attack_dir(name) / "attack.json")
+        ortho = AttackDoc.read(paths.attack_dir(name, "orthogonalize") / "attack.json")
+        assert ortho.attack == "orthogonalize" and ortho.budget_axis == "directions"
+        assert ortho.curve[0] == dim.curve[0]  # K=0 reused from dim
+        # the original's dim direction is orthogonalised into the weights; the base model is below
+        # the threshold at K=0, so its dim attack stopped without a direction and orthogonalize extracted one
+        assert ortho.curve[1].info["source"] == ("dim" if name == "original" else "extract")
+        profile = ProfileDoc.read(paths.profile(name))
+        assert [e.attack for e in profile.attacks] == ["dim", "orthogonalize"]
+        assert profile.verdict == min((e.verdict for e in profile.attacks),
+                                      key=("broken", "degenerate", "collapsed", "inconclusive", "robust").index)
+        assert report.finished[name]["suite_verdict"] == profile.verdict
+    original = ProfileDoc.read(paths.profile("original"))
+    assert original.verdict == "broken" and original.strongest in ("dim", "orthogonalize")
+    assert {e.attack: e.budget_to_break for e in original.attacks} == {"dim": 1, "orthogonalize": 1}
+
+    again = run_attack_all(paths.root, cfg, source_model=str(instruct), base_model=str(base))
+    assert again.ok and not again.finished
+    assert sorted(again.skipped) == ["base", "base/orthogonalize", "original", "original/orthogonalize"]
