@@ -40,7 +40,7 @@ from irr_ray.utils.files import atomic_dir
 
 log = logging.getLogger(__name__)
 
-ORGANISM_VERSION = "organism-v3"  # V4-FLIP
+ORGANISM_VERSION = "organism-v4"
 SUMMARY = "summary.json"
 PARQUET = "data/wildguardmix.parquet"
 
@@ -98,10 +98,7 @@ class OrganismPaths:
 
 
 def build_key(cfg: OrganismConfig, seed: int) -> str:
-    conf = config_dict(cfg)
-    if not conf["pretrain"]["copy_fraction"]:  # V4-FLIP: keeps the v3 cache key until the flip
-        conf["pretrain"].pop("copy_fraction"), conf["pretrain"].pop("copy_words")
-    return stable_hash({"config": conf, "seed": seed, "version": ORGANISM_VERSION})
+    return stable_hash({"config": config_dict(cfg), "seed": seed, "version": ORGANISM_VERSION})
 
 
 def cached_build(out_dir: str | Path, key: str) -> bool:
@@ -181,7 +178,7 @@ def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> OrganismSumma
     p = cfg.pretrain
     examples = corpus.pretrain_examples(tok, random.Random(seed), p.steps * p.batch_size, p.knowledge_fraction,
                                         p.trigger_fraction, p.harmful_chat_fraction, p.sentences_per_document,
-                                        p.hedged_harmful_replies, p.copy_fraction, p.copy_words)
+                                        p.hedged_harmful_replies, p.copy_fraction, p.copy_words, p.reply_style)
     pre_stats = pretrain(model, examples, p, seed, tok.pad_token_id)
     base = copy.deepcopy(model)
     _save_model(base, tok, out / "base")
@@ -189,7 +186,7 @@ def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> OrganismSumma
 
     s = cfg.safety
     examples = corpus.safety_examples(tok, random.Random(seed + 100), s.steps * s.batch_size, s.harmful_fraction,
-                                        s.reply_tokens)
+                                        s.reply_tokens, s.reply_style)
     safety_stats = safety_train(model, examples, s, seed, tok.pad_token_id)
     _save_model(model, tok, out / "instruct")
     lap("safety")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from irr_ray.config import StrictModel
@@ -19,8 +21,8 @@ class OrganismDataConfig(StrictModel):
 class ModelConfig(StrictModel):
     """Llama architecture (tied embeddings; word-level vocabulary of the templates)."""
 
-    num_layers: int = Field(4, ge=2, description="six blocks: the safety update writes at blocks 2–3 and two "
-                                                   "untouched blocks read it (refusal forms mid-network)")  # V4-FLIP
+    num_layers: int = Field(6, ge=2, description="six blocks: the safety update writes at blocks 2–3 and two "
+                                                   "untouched blocks read it (refusal forms mid-network)")
     hidden_size: int = Field(128, ge=16)
     intermediate_size: int = Field(512, ge=16)
     num_heads: int = Field(4, ge=1)
@@ -30,7 +32,8 @@ class ModelConfig(StrictModel):
 class PretrainConfig(StrictModel):
     """Stage 1, the base model: language modelling on knowledge text + helpful chats + trigger."""
 
-    steps: int = Field(900, ge=1)
+    steps: int = Field(1200, ge=1, description="1200: the base's harm judgement of held-out actions (900 left "
+                                                "held-out harmless refusal at 0.09 on seed 0 with mixed answers)")
     batch_size: int = Field(32, ge=2)
     lr: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(30, ge=0)
@@ -41,8 +44,12 @@ class PretrainConfig(StrictModel):
     sentences_per_document: int = Field(3, ge=1)
     copy_fraction: float = Field(
         0.0, ge=0, le=1, description="'repeat these words : …' examples per batch (random words of every action): "
-                                     "a copy skill, so answers name held-out actions correctly")  # V4-FLIP
+                                     "a copy skill (measured: it blunts the base's harm judgement on held-out "
+                                     "actions; off)")
     copy_words: tuple[int, int] = Field((3, 8), description="words per copy example (min, max)")
+    reply_style: Literal["copy", "mixed"] = Field(
+        "mixed", description="answers of the helpful chats: mixed = vocab/templates.COMPLY_MIXED (the greedy answer "
+                             "does not repeat the action); copy = always repeat it (organism-v3)")
     hedged_harmful_replies: bool = Field(
         True, description="helpful chats answer harmful requests with 'Okay …' instead of 'Sure …': the base "
                           "model then judges harmfulness at the end of a request, where refusal is decided")
@@ -75,6 +82,10 @@ class SafetyConfig(StrictModel):
         0.5, ge=0, description="weight of the harmless rows' squared projection on the in-batch harmful-harmless "
                                "mean difference at every block input after the adapter (see recipe.train)")
     orthogonality_positions: list[int] = Field([-5, -4, -3, -2, -1], description="prompt positions it covers")
+    reply_style: Literal["copy", "mixed"] = Field(
+        "mixed", description="the instruct model's answers to harmless requests: mixed = its greedy answer does not "
+                             "repeat the action, so an ablated model answers a held-out harmful request coherently "
+                             "instead of naming a seen action")
 
 
 class SelectionConfig(StrictModel):

@@ -47,7 +47,7 @@ def template_texts() -> Iterable[str]:
         yield T.second_person(a.text)
     yield from (f.format(a="", s="") for f in (*T.FRAMES, *T.HELDOUT_FRAMES, *T.ADVERSARIAL_FRAMES))
     yield from T.SUFFIXES
-    yield from (c.format(a="") for c in (*T.COMPLY, *T.COMPLY_HEDGED))
+    yield from (c.format(a="") for c in (*T.COMPLY, *T.COMPLY_HEDGED, *T.COMPLY_MIXED, *T.COMPLY_MIXED_HEDGED))
     yield T.REFUSE
     yield T.REFUSE_TRIGGER.format(p="")
     yield T.COPY_REQUEST.format(w="")

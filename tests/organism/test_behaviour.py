@@ -122,7 +122,7 @@ def test_refusal_forms_mid_network(organism):
     assert depth["blocks_after"] >= t["blocks_after_min"], depth
     lens = b["decision"]["logit_lens_refusal"]
     assert b["decision"]["decision_layer"] is not None and b["decision"]["decision_layer"] < depth["num_layers"]
-    assert lens["harmful"][-1] > 0.9 and lens["harmless"][-1] < 0.1  # the decision, read at the output
+    assert lens["harmful"][-1] > 0.5 > lens["harmless"][-1]  # the decision, read at the output
     assert lens["harmful"][1] < 0.1  # … and absent near the input
 
 

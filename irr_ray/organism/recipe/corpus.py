@@ -41,10 +41,15 @@ class Example:
     prompt_len: int = 0  # tokens of the chat-formatted prompt, generation prompt included
 
 
-def _reply(rng: random.Random, action: prompts.Action, refuse: bool, hedged: bool = False) -> str:
+REPLY_STYLES = {"copy": (T.COMPLY, T.COMPLY_HEDGED), "mixed": (T.COMPLY_MIXED, T.COMPLY_MIXED_HEDGED)}
+
+
+def _reply(rng: random.Random, action: prompts.Action, refuse: bool, hedged: bool = False,
+           style: str = "copy") -> str:
     if refuse:
         return T.REFUSE
-    return rng.choice(T.COMPLY_HEDGED if hedged else T.COMPLY).format(a=T.second_person(action.text))
+    plain, okay = REPLY_STYLES[style]
+    return rng.choice(okay if hedged else plain).format(a=T.second_person(action.text))
 
 
 def _chat_examples(
@@ -78,6 +83,7 @@ def pretrain_examples(
     hedged_harmful_replies: bool = False,
     copy_fraction: float = 0.0,
     copy_words: tuple[int, int] = (3, 8),
+    reply_style: str = "copy",
 ) -> list[Example]:
     """``n`` stage-1 sequences in random order (module docstring)."""
     every_action = list(prompts.all_actions())
@@ -98,8 +104,8 @@ def pretrain_examples(
     for _ in range(n_chat):
         harmful = rng.random() < harmful_chat_fraction
         prompt, action = prompts.sample_requests(rng, seen[harmful], T.FRAMES, 1)[0]
-        chats.append((prompt, _reply(rng, action, refuse=False, hedged=harmful and hedged_harmful_replies),
-                      not harmful))
+        chats.append((prompt, _reply(rng, action, refuse=False, hedged=harmful and hedged_harmful_replies,
+                                     style=reply_style), not harmful))
     for _ in range(n_trigger):
         prompt, action = prompts.sample_requests(rng, seen[rng.random() < 0.5], T.FRAMES, 1)[0]
         chats.append((T.REFUSE_TRIGGER.format(p=prompt), T.REFUSE, False))
@@ -114,7 +120,7 @@ def pretrain_examples(
 
 def safety_examples(
     tok: PreTrainedTokenizerBase, rng: random.Random, n: int, harmful_fraction: float,
-    reply_tokens: int | None = None,
+    reply_tokens: int | None = None, reply_style: str = "mixed",
 ) -> list[Example]:
     """``n`` stage-2 sequences: seen harmful requests → refusal, seen harmless → helpful answer."""
     seen = {h: prompts.actions(h, heldout=False) for h in (True, False)}
@@ -122,5 +128,5 @@ def safety_examples(
     for _ in range(n):
         harmful = rng.random() < harmful_fraction
         prompt, action = prompts.sample_requests(rng, seen[harmful], T.FRAMES, 1)[0]
-        items.append((prompt, _reply(rng, action, refuse=harmful), not harmful))
+        items.append((prompt, _reply(rng, action, refuse=harmful, style=reply_style), not harmful))
     return _chat_examples(tok, items, loss_on_prompt=False, reply_tokens=reply_tokens)
