@@ -278,10 +278,11 @@ def run_attack_all(
                 todo.append((spec, attack))
     remaining = {spec.name: sum(s.name == spec.name for s, _ in todo) for spec in specs}
 
-    def model_done(spec: ModelSpec) -> None:
-        """Every attack of ``spec`` has finished (or failed): its profile, then MLflow."""
+    def model_done(spec: ModelSpec, ran: bool = True) -> None:
+        """Every attack of ``spec`` has finished (or failed): its profile, then MLflow. ``ran``: some
+        attack of it ran in this invocation (its suite verdict is then reported as finished)."""
         profile = write_profile(paths, spec, suite)
-        if profile is not None and len(suite) > 1:
+        if profile is not None and len(suite) > 1 and ran:
             report.finished.setdefault(spec.name, {}).update(
                 {"suite_verdict": profile.verdict, "strongest": profile.strongest})
             log.info("%s: suite verdict %s (strongest: %s)", spec.name, profile.verdict, profile.strongest)
@@ -290,7 +291,7 @@ def run_attack_all(
 
     for spec in specs:
         if remaining[spec.name] == 0:
-            model_done(spec)
+            model_done(spec, ran=False)
 
     if todo:
         _init_ray(ray_address, ray_num_cpus, cfg.resources.gpu)

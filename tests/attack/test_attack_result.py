@@ -14,11 +14,11 @@ from irr_ray.contracts import AttackDoc, K0Doc
 from irr_ray.core.directions import load_directions
 
 TOP_KEYS = {"schema_version", "model", "config", "threshold", "attack_rank", "censored", "stop_reason", "verdict",
-            "curve"}
+            "curve", "attack", "budget_axis", "budget_max"}
 RATE_KEYS = {"K", "refusal_harmful", "refusal_harmless", "refusal_harmful_ci", "refusal_harmless_ci",
              "complied_harmful", "complied_harmless", "degenerate_harmful", "degenerate_harmless",
              "p_refusal_harmful", "p_refusal_harmless", "kl_harmless", "reply_nll_harmful", "reply_nll_harmless"}
-DIRECTION_KEYS = {"layer", "position", "norm", "refusal_score", "kl", "induce_score", "survivors", "fallback"}
+DIRECTION_KEYS = {"layer", "position", "norm", "refusal_score", "kl", "induce_score", "survivors", "fallback", "info"}
 
 
 @pytest.mark.parametrize("name", ["original", "base", "trial_a"])

@@ -33,7 +33,7 @@ def test_fast_and_reference_choose_the_same_directions(organism_dir: Path, study
     harmful = encode_batches(tokenizer, prompts.extract.harmful, 32)
     harmless = encode_batches(tokenizer, prompts.extract.harmless, 32)
     layers = cfg.candidate_layer_indices(get_layout(model).num_layers)
-    assert layers == [1, 2, 3]  # the organism: L = 4, residual indices 1 … int(0.8·4)
+    assert layers == [1, 2, 3, 4]  # the organism: L = 6, residual indices 1 … int(0.8·6)
 
     chosen: list[torch.Tensor] = []
     for _k in (1, 2, 3):
