@@ -135,6 +135,13 @@ def write_profile(paths: StudyPaths, spec: ModelSpec, suite: list[str]) -> Profi
         if not f.is_file():
             return None
         docs[attack] = AttackDoc.read(f)
+    doc = build_profile(spec.path, docs)
+    doc.write(paths.profile(spec.name))
+    return doc
+
+
+def build_profile(model: str, docs: dict[str, AttackDoc]) -> ProfileDoc:
+    """The robustness profile of one model from its attacks' results (attack name -> ``attack.json``)."""
     entries = [ProfileEntry(attack=a, budget_axis=d.budget_axis, budget_max=d.k_max, verdict=d.verdict.verdict,
                             decided_at=d.verdict.decided_at_k,
                             budget_to_break=d.verdict.decided_at_k if d.verdict.verdict == "broken" else None,
@@ -142,9 +149,7 @@ def write_profile(paths: StudyPaths, spec: ModelSpec, suite: list[str]) -> Profi
                for a, d in docs.items()]
     verdict, strongest, reason = combine_verdicts(
         [AttackOutcome(e.attack, e.verdict, e.decided_at, e.budget_max, e.min_refusal_harmful) for e in entries])
-    doc = ProfileDoc(model=spec.path, attacks=entries, verdict=verdict, strongest=strongest, reason=reason)
-    doc.write(paths.profile(spec.name))
-    return doc
+    return ProfileDoc(model=model, attacks=entries, verdict=verdict, strongest=strongest, reason=reason)
 
 
 def _task_name(spec: ModelSpec, attack: str) -> str:

@@ -124,7 +124,7 @@ def bench_model(name: str, model: Any, tok: Any, cfg: AttackConfig, sets: Prompt
                 attack_s = time.perf_counter() - t
                 calls = log.take()
                 t = time.perf_counter()
-                evaluator.run(intervention=step.intervention) if step.intervention else evaluator.run(None)
+                evaluator.run(intervention=step.intervention)
                 eval_s = time.perf_counter() - t
                 log.take()
                 rows.append({"model": name, "attack": attack_name, "budget": budget, "axis": attack.budget_axis,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,7 @@ import torch
 
 from irr_ray.cli import main
 from irr_ray.core.directions import save_directions
-from irr_ray.utils.files import file_sha256
-
-
-def _snapshot(*roots: Path) -> dict[str, str]:
-    return {str(p): "dir" if p.is_dir() else file_sha256(p) for root in roots for p in sorted(root.rglob("*"))}
+from tests.badinput.test_badinput import Case, assert_fails_safely
 
 
 def _directions(name: str, rows: int, width: int | None = None) -> Callable[[Path, dict], None]:
@@ -51,14 +46,6 @@ def _no_key(cwd: Path, inputs: dict) -> None:
     from safetensors.torch import save_file
 
     save_file({"refusal": torch.zeros(1, 4)}, str(cwd / "d.safetensors"))
-
-
-@dataclass
-class Case:
-    id: str
-    argv: list[str]
-    expect: list[str]
-    setup: Callable[[Path, dict], None] | None = None
 
 
 ABL = ["abliterate", "--model", "{good}", "--out", "o"]
@@ -97,24 +84,7 @@ CASES = [
 def test_bad_input_fails_safely(case: Case, inputs: dict, no_expensive_work, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    ctx = {k: str(v) for k, v in inputs.items()}
-    if case.setup:
-        case.setup(cwd, ctx)
-    before = _snapshot(cwd, inputs["root"], inputs["organism"])
-
-    code = main([a.format(**ctx) for a in case.argv])
-
-    out, err = capsys.readouterr()
-    assert code == 2, (code, out, err)
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("irr-ray abliterate: "), err
-    for needle in case.expect:
-        assert needle.format(**ctx) in lines[0], (needle, lines[0])
-    assert _snapshot(cwd, inputs["root"], inputs["organism"]) == before
+    assert_fails_safely(case, inputs, tmp_path, monkeypatch, capsys)
 
 
 def test_valid_input_reaches_the_model_load(inputs: dict, no_expensive_work, tmp_path: Path,

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from irr_ray.cli import main
-from tests.badinput.test_badinput import STUDY, TRAIN, Case, snapshot, write
+from tests.badinput.test_badinput import STUDY, TRAIN, Case, assert_fails_safely, write
 
 CASES = [
     Case("train-unknown-defense-condition", ["train", "--condition", "refatt", "--model", "{good}", "--data-dir",
@@ -43,21 +42,4 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_defense_input_fails_safely(case: Case, inputs: dict, no_expensive_work, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    ctx = {k: str(v) for k, v in inputs.items()}
-    if case.setup:
-        case.setup(cwd, ctx)
-    before = snapshot(cwd, inputs["root"], inputs["organism"])
-
-    code = main([a.format(**ctx) for a in case.argv])
-
-    out, err = capsys.readouterr()
-    assert code == 2, (code, out, err)
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"irr-ray {case.argv[0]}: "), err
-    for needle in case.expect:
-        assert needle.format(**ctx) in lines[0], (needle, lines[0])
-    assert snapshot(cwd, inputs["root"], inputs["organism"]) == before
+    assert_fails_safely(case, inputs, tmp_path, monkeypatch, capsys)

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from irr_ray.contracts import AttackDoc, CurveRow, K0Doc, ProfileDoc, ProfileEntry, TrialDoc, VerdictDoc
-from irr_ray.core.verdict import AttackOutcome, combine_verdicts, judge_curve
+from irr_ray.attack.taskgroup import build_profile
+from irr_ray.contracts import AttackDoc, CurveRow, K0Doc, ProfileDoc, TrialDoc, VerdictDoc
+from irr_ray.core.verdict import judge_curve
 
 
 def ci(x: float) -> tuple[float, float]:
@@ -122,14 +123,7 @@ def suite_attack_doc(model: str, attack: str, rows: Sequence[CurveRow], *, budge
 
 def profile_doc(model: str, docs: Mapping[str, AttackDoc]) -> ProfileDoc:
     """``profile.json`` of ``docs`` (attack name -> result), as the task group writes it."""
-    entries = [ProfileEntry(attack=a, budget_axis=d.budget_axis, budget_max=d.k_max, verdict=d.verdict.verdict,
-                            decided_at=d.verdict.decided_at_k,
-                            budget_to_break=d.verdict.decided_at_k if d.verdict.verdict == "broken" else None,
-                            min_refusal_harmful=min(r.refusal_harmful for r in d.curve), reason=d.verdict.reason)
-               for a, d in docs.items()]
-    verdict, strongest, reason = combine_verdicts(
-        [AttackOutcome(e.attack, e.verdict, e.decided_at, e.budget_max, e.min_refusal_harmful) for e in entries])
-    return ProfileDoc(model=model, attacks=entries, verdict=verdict, strongest=strongest, reason=reason)
+    return build_profile(model, dict(docs))
 
 
 def write_suite_dir(model_dir: Path, doc: AttackDoc, artifact: str | None = "basis.safetensors") -> Path:

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from irr_ray.attack.behaviour import BehaviourEvaluator
 from irr_ray.attack.config import AttackConfig
 from irr_ray.attack.evaluate import evaluate_k0, make_evaluator
 from irr_ray.attack.iterated import attack_rank, progress_key, refusal_token_ids, verdict_rules
@@ -146,7 +145,7 @@ def run_suite_attack(
         step = attack.step(ctx, budget)
         stepped = True
         t2 = time.perf_counter()
-        rates = evaluate_step(evaluator, step.intervention)
+        rates = evaluator.run(intervention=step.intervention)
         t3 = time.perf_counter()
         row = {"K": budget, **rates.row(), "info": step.info}
         state["curve"].append(row)
@@ -181,13 +180,6 @@ def run_suite_attack(
         attack.write_artifacts(tmp)
     shutil.rmtree(work, ignore_errors=True)
     return doc
-
-
-def evaluate_step(evaluator: BehaviourEvaluator, intervention: Any) -> Any:
-    """The behavioural evaluation of one budget step (the model unchanged when ``intervention`` is None)."""
-    if intervention is None:
-        return evaluator.run(None)
-    return evaluator.run(intervention=intervention)
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
