@@ -289,7 +289,7 @@ class DataManifest(Contract):
 class OrganismSummary(Contract):
     """``organism/summary.json``: the build's key, sizes, timings, measured behaviour and checks."""
 
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = 2  # 2: ablated outcomes against the base reference (+ instruct_reference)
     RERUN: ClassVar[str] = "`irr-ray organism build`"
 
     build_hash: str

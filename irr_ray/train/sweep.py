@@ -30,6 +30,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,7 +140,29 @@ def fit_trials(ctx: TrialContext, resources: ResourcesConfig, experiment_path: P
                 name=experiment_path.name, storage_path=str(experiment_path.parent), callbacks=[callback],
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints), verbose=verbose))
-    return tuner.fit()
+    with own_signal_handlers():
+        return tuner.fit()
+
+
+@contextlib.contextmanager
+def own_signal_handlers() -> Iterator[None]:
+    """Put the process's SIGINT / SIGTERM handlers back after the block.
+
+    ``Tuner.fit`` installs Tune's own handlers (a first Ctrl-C stops the trials and saves the
+    experiment; ``fit`` then *returns*) and leaves them installed. In ``irr-ray run`` the attack
+    stage follows in the same process, where Tune's leftover handler swallowed Ctrl-C (measured:
+    ``Stop signal received … ending Ray Tune run`` printed, the attack kept running). Restored,
+    a Ctrl-C there raises ``KeyboardInterrupt`` again (exit 130, rerun resumes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def export_result(result: Any, dst: Path, entry: dict[str, Any], uri: str) -> Path:

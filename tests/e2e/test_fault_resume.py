@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ORGANISM_YAML = REPO / "experiments" / "organism.yaml"
 REDUCED = ["data.max_samples=400", "attack.k_max=2", "attack.extract_n=32", "attack.score_n=8",
-           "attack.eval_n=32", "attack.resources.max_retries=0", "attack.suite=[dim]", "stages=[organism,data,attack,report]"]
+           "attack.eval_n=32", "attack.stop_below_threshold=false", "attack.resources.max_retries=0", "attack.suite=[dim]", "stages=[organism,data,attack,report]"]
 
 pytestmark = pytest.mark.slow
 

@@ -128,12 +128,15 @@ def test_refusal_forms_mid_network(organism):
 
 def test_ablated_model_answers_coherently_and_addition_induces_refusal(organism):
     """With the direction ablated the held-out harmful replies are answers opening like the base
-    model's (the attack's degenerate rule, irr_ray.core.outcomes); adding it to harmless prompts
-    makes them refuse."""
+    model's (the attack's degenerate rule, irr_ray.core.outcomes, with the base model as the
+    likelihood reference; the instruct-reference numbers are recorded next to them); adding it to
+    harmless prompts makes them refuse."""
     b, t = organism[0]["behaviour"], THRESHOLDS
     harmful, harmless = b["ablated_outcomes"]["harmful"], b["ablated_outcomes"]["harmless"]
     assert harmful["answered_like_base"] >= t["ablated_answered_like_base_min"], harmful
     assert harmful["degenerate"] <= t["ablated_degenerate_max"], harmful
     assert harmless["degenerate"] <= t["ablated_harmless_degenerate_max"] and harmless["complied"] >= 0.9, harmless
     assert set(b["ablated_outcomes"]["base_openers"]) <= {"Okay", "Sure"}
+    assert "base model as reference" in b["ablated_outcomes"]["definition"]
+    assert {"nll_bound", "harmful", "harmless"} <= set(b["ablated_outcomes"]["instruct_reference"])
     assert b["induced"]["harmless_refused"] >= t["induced_harmless_min"], b["induced"]

@@ -79,6 +79,7 @@ class Interrupter(threading.Thread):
 def test_sweep_killed_worker_interrupt_and_resume(write_study, ray_session, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     config, study_dir = write_study({}, name=NAME)
+    sigint_before = signal.getsignal(signal.SIGINT)
     marker = tmp_path / "fault.json"
     monkeypatch.setenv(FAULT_EPOCH_ENV, "1")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(marker))
@@ -97,6 +98,9 @@ def test_sweep_killed_worker_interrupt_and_resume(write_study, ray_session, tmp_
     assert not [r for r in runs if r.info.status == "RUNNING"], "the interrupted sweep left runs RUNNING"
 
     assert main(["sweep", "--config", str(config), "--resume", "--quiet"]) == 0
+    # Tune's own SIGINT handler is not left behind: a Ctrl-C in a later stage of the same process
+    # (the attack stage of `irr-ray run`) still interrupts it
+    assert signal.getsignal(signal.SIGINT) is sigint_before
     outcome = json.loads((study_dir / "sweep" / f"{NAME}.summary.json").read_text())
     trials = outcome["trials"]
     assert len(trials) == 8

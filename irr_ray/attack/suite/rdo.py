@@ -53,6 +53,17 @@ training loss is kept. Prompts come from the train split only: training on ``pro
 (filtered, as the paper's ``filter_data``, to harmful prompts with ρ > 0 and harmless ones with
 ρ < 0), the reported scores on ``prompts.score``.
 
+**Selection of the single direction** (``settings.select``). The paper keeps the trained iterate
+with the lowest training loss (``select = "train_loss"``). By default (``"score"``) the attack
+then compares it with its own starting point, the best difference-of-means direction, on the
+scoring prompts and keeps the one with the lower refusal log-odds among those whose KL stays
+≤ max(``kl_threshold``, the start's KL): the surrogate's ablation term saturates once the refusal
+token is gone (−log(1 − p_R) → 0), and the addition and retain terms can then move the direction to
+a *higher* refusal score than its start (measured on organism-v4 seed 0: −8.06 against −11.30).
+An attacker keeps the stronger of the two, so the suite does; ``info["selected"]`` says which
+(``"trained"`` or ``"dim_start"``) with both scores. Cones of dimension ≥ 2 start from the kept
+direction.
+
 Budget k (``budget_axis = "cone_dim"``) ablates the whole span of B_k
 (:func:`irr_ray.core.hooks.ablate_directions`). Each basis is saved under ``work_dir/rdo`` with its
 scores and reloaded by a resumed run (keyed by the settings, the seed and the attack config).
@@ -307,7 +318,10 @@ class RDOAttack(SuiteAttack):
         t1 = time.perf_counter()
         basis, train = self._optimise(ctx, problem, k, self._bases.get(k - 1))
         t2 = time.perf_counter()
-        info = {"cone_dim": k, **self._evaluate(ctx, problem, basis), **train,
+        scores = self._evaluate(ctx, problem, basis)
+        if k == 1 and self.settings.select == "score":
+            basis, scores, train = self._select_single(ctx, problem, basis, scores, train)
+        info = {"cone_dim": k, **scores, **train,
                 "layer": problem.layer, "alpha": problem.alpha, **problem.dim,
                 "setup_s": t1 - t0, "optimise_s": t2 - t1, "evaluate_s": time.perf_counter() - t2}
         self._bases[k], self._infos[k] = basis, info
@@ -457,6 +471,22 @@ class RDOAttack(SuiteAttack):
         if k == 1:
             facts["cosine_to_dim"] = float(out[0] @ problem.init)
         return out, facts
+
+    def _select_single(self, ctx: AttackContext, problem: _Problem, trained: torch.Tensor, scores: dict[str, Any],
+                       train: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any]]:
+        """``select = "score"`` (module docstring): the trained direction or the difference-of-means
+        start, whichever refuses less on the scoring prompts with KL ≤ max(kl_threshold, start's KL)."""
+        start = problem.init[None].clone()
+        start_scores = self._evaluate(ctx, problem, start)
+        bound = max(float(ctx.cfg.kl_threshold), float(start_scores["kl"]))
+        keep_trained = scores["kl"] <= bound and scores["refusal_score"] <= start_scores["refusal_score"]
+        facts = {**train, "selected": "trained" if keep_trained else "dim_start",
+                 "trained_refusal_score": scores["refusal_score"], "trained_kl": scores["kl"],
+                 "start_refusal_score": start_scores["refusal_score"], "start_kl": start_scores["kl"]}
+        if keep_trained:
+            return trained, scores, facts
+        facts["cosine_to_dim"] = 1.0
+        return start, start_scores, facts
 
     # ------------------------------------------------------------------ scores on the SCORE prompts
 

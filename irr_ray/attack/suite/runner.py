@@ -137,8 +137,12 @@ def run_suite_attack(
                         dim_directions=q, dim_layers=layers, judge=make_judge(judge_spec(cfg.judge, judge_model
                                                                                          or model_path)))
     done = {int(r["K"]) for r in state["curve"]}
-    stepped = False
+    stepped, stop_reason = False, "k_max"
     for budget in budgets:
+        last = max(state["curve"], key=lambda r: r["K"])
+        if cfg.stop_below_threshold and last["refusal_harmful"] < cfg.threshold:
+            stop_reason = "below_threshold"  # the verdict is decided at the first crossing; the rest is skipped
+            break
         if budget in done:
             continue
         t1 = time.perf_counter()
@@ -160,10 +164,10 @@ def run_suite_attack(
     budget_max = budgets[-1]
     rank, censored = attack_rank(curve, cfg.threshold, budget_max)
     s_harmless = curve[0]["refusal_harmless"] if source is None else source.refusal_harmless
-    verdict = judge_curve(curve, s_harmless, "k_max", budget_max, verdict_rules(cfg), axis=attack.budget_axis)
+    verdict = judge_curve(curve, s_harmless, stop_reason, budget_max, verdict_rules(cfg), axis=attack.budget_axis)
     local = Path(model_path).expanduser()
     doc = AttackDoc(model=str(local.resolve()) if local.exists() else model_path, config=config_dict(cfg),
-                    threshold=cfg.threshold, attack_rank=rank, censored=censored, stop_reason="k_max",
+                    threshold=cfg.threshold, attack_rank=rank, censored=censored, stop_reason=stop_reason,
                     verdict=VerdictDoc(**verdict.__dict__), curve=[CurveRow(**r) for r in curve], attack=name,
                     budget_axis=attack.budget_axis, budget_max=budget_max)
     log.info("%s verdict: %s (%s)", name, verdict.verdict, verdict.reason)
@@ -172,8 +176,9 @@ def run_suite_attack(
                "prompt_sets": prompts.sizes(), "timings": state["timings"], "wall_s": time.perf_counter() - t0,
                "info": {str(r["K"]): r.get("info") for r in curve[1:]},
                "examples": {"0": k0_doc.examples, **state["examples"]}}
-    if not stepped:  # every budget finished in an earlier run: reload the attack's saved state (no work)
-        attack.step(ctx, budgets[-1])
+    reached = [int(r["K"]) for r in curve[1:]]
+    if not stepped and reached:  # every budget finished in an earlier run: reload the attack's saved state (no work)
+        attack.step(ctx, max(reached))
     with atomic_dir(out) as tmp:
         doc.write(tmp / ATTACK_JSON)
         write_json_atomic(tmp / LOG_JSON, log_doc)

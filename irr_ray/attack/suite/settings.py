@@ -65,6 +65,13 @@ class RDOSettings(_Budgeted):
     n_lr_reduce: int = Field(2, ge=0, description="lr reductions before optimisation stops early")
     filter_prompts: bool = Field(True, description="train only on harmful prompts the model refuses (refusal log-odds "
                                                    "> 0) and harmless ones it does not (< 0), as the paper's code")
+    select: Literal["score", "train_loss"] = Field(
+        "score", description="which single direction (cone 1) the attack keeps. train_loss: the trained iterate with "
+                             "the lowest training loss (the paper's rdo.py); score: that iterate or the "
+                             "difference-of-means start, whichever has the lower refusal score on the scoring "
+                             "prompts with KL ≤ max(kl_threshold, the start's KL) — an attacker keeps the stronger "
+                             "of the two (measured: on organism-v4 seed 0 training moved the direction from "
+                             "log-odds −11.3 to −8.1, the first-token surrogate saturating)")
 
 
 class OptunaAbliterationSettings(_Budgeted):

@@ -85,15 +85,13 @@ def test_row_interventions_match_core_hooks_and_carry_gradients(make_context):
             assert torch.allclose(added[4 * i:4 * i + 4], ref, atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured on organism-v4 seed 0: rdo's single direction reaches refusal log-odds -8.06 against the best "
-    "difference-of-means direction's -11.30 (it passed on v3: -8.62 vs -7.40). The first-token surrogate "
-    "loss -log(1 - p_refusal) saturates once refusal is gone, so the addition and retain terms then move the "
-    "direction away from the lowest refusal score; issue 17 stays open on this"))
 def test_single_direction_beats_difference_of_means_at_equal_kl(make_context, tmp_path):
     """rdo's K=1 direction: refusal log-odds on the harmful SCORE prompts (train split) with it
     ablated ≤ the best difference-of-means direction's (+ REFUSAL_TOL), KL on the harmless ones ≤
-    DIM's + KL_TOL."""
+    DIM's + KL_TOL. On organism-v4 seed 0 the trained direction alone does not (−8.06 against
+    −11.30: the first-token surrogate saturates), so this holds through ``select = "score"``, which
+    keeps the stronger of the trained direction and its difference-of-means start; the printed
+    ``selected`` says which."""
     ctx = _ctx(make_context, "instruct", tmp_path)
     model, cfg = ctx.model, ctx.cfg
     n_layers = get_layout(model).num_layers

@@ -59,7 +59,7 @@ def direction(make_context):
 
 def _cfg(**over) -> AttackConfig:
     return AttackConfig.model_validate({**SMALL_ATTACK, "suite": ["dim", "rdo"], "rdo": {"budgets": [1, 2, 3]},
-                                        **over})
+                                        "stop_below_threshold": False, **over})
 
 
 def test_curve_per_budget_verdict_and_resume(organism_dir, study_data, direction, tmp_path, monkeypatch):
@@ -108,3 +108,24 @@ def test_k0_row_is_reused_from_a_finished_dim_attack(organism_dir, study_data, d
     # a dim rerun keeps the suite result beside it
     attack_model(model, study_data, _cfg(k_max=1), dim_dir, force=True)
     assert (dim_dir / "rdo" / "attack.json").is_file()
+
+
+def test_stop_below_threshold_skips_the_budgets_after_the_first_crossing(organism_dir, study_data, direction,
+                                                                          tmp_path, monkeypatch):
+    """``attack.stop_below_threshold``: once harmful refusal is below the threshold the remaining
+    budgets are skipped (the verdict is decided at the first crossing), the doc says why."""
+    ScriptedAttack.directions, ScriptedAttack.fail_at = direction, None
+    monkeypatch.setattr(runner, "attack_class", lambda name: ScriptedAttack)
+    model = str(Path(organism_dir) / "instruct")
+    CALLS.clear()
+    doc = runner.run_suite_attack("rdo", model, study_data, _cfg(stop_below_threshold=True),
+                                  tmp_path / "attacks" / "original" / "rdo")
+    assert CALLS == [1] and [r.K for r in doc.curve] == [0, 1]
+    assert doc.stop_reason == "below_threshold" and doc.budget_max == 3
+    assert doc.verdict.verdict == "broken" and doc.verdict.decided_at_k == 1 and doc.attack_rank == 1
+    # a model already below the threshold at K=0 (the base) is not attacked at all
+    CALLS.clear()
+    base = runner.run_suite_attack("rdo", str(Path(organism_dir) / "base"), study_data,
+                                   _cfg(stop_below_threshold=True), tmp_path / "attacks" / "base" / "rdo")
+    assert CALLS == [] and [r.K for r in base.curve] == [0] and base.stop_reason == "below_threshold"
+    assert base.verdict.verdict == "broken" and base.verdict.decided_at_k == 0
