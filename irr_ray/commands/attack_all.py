@@ -52,9 +52,15 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri=None if uri == "none" else resolve_tracking_uri(uri, paths.root), experiment=experiment,
         ray_address=args.ray_address or study.ray.address, ray_num_cpus=study.ray.num_cpus)
     for name, res in sorted(report.finished.items()):
-        rank = f"> {study.attack.k_max}" if res["censored"] else str(res["attack_rank"])
-        print(f"  {name:<24} attack_rank {rank:<5} K=0 harmful {res['k0_refusal_harmful']:.2f} "
-              f"harmless {res['k0_refusal_harmless']:.2f}")
+        if "attack_rank" in res:  # its dim attack ran now
+            rank = f"> {study.attack.k_max}" if res["censored"] else str(res["attack_rank"])
+            line = (f"  {name:<24} attack_rank {rank:<5} K=0 harmful {res['k0_refusal_harmful']:.2f} "
+                    f"harmless {res['k0_refusal_harmless']:.2f}")
+        else:  # dim finished in an earlier run; only (some of) its suite attacks ran now
+            line = f"  {name:<24} " + ", ".join(f"{a} {r['verdict']}" for a, r in res.items() if isinstance(r, dict))
+        if "suite_verdict" in res:
+            line += f"  suite: {res['suite_verdict']} (strongest: {res['strongest']})"
+        print(line)
     for name in report.skipped:
         print(f"  {name:<24} already finished (skipped)")
     for name, err in sorted(report.failed.items()):

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from irr_ray.attack.config import AttackConfig
 from irr_ray.attack.taskgroup import run_attack_all
+from irr_ray.cli import main
 from irr_ray.contracts import AttackDoc, ProfileDoc
 from irr_ray.study import StudyPaths
 from tests.attack.conftest import SMALL_ATTACK
 
 
-def test_suite_tasks_profiles_and_rerun(organism_dir, study_data, ray_local, tmp_path):
+def test_suite_tasks_profiles_and_rerun(organism_dir, study_data, ray_local, tmp_path, capsys):
     paths = StudyPaths.at(tmp_path / "study")
     shutil.copytree(study_data, paths.data)
     instruct, base = Path(organism_dir) / "instruct", Path(organism_dir) / "base"
@@ -43,3 +44,16 @@ def test_suite_tasks_profiles_and_rerun(organism_dir, study_data, ray_local, tmp
     again = run_attack_all(paths.root, cfg, source_model=str(instruct), base_model=str(base))
     assert again.ok and not again.finished
     assert sorted(again.skipped) == ["base", "base/orthogonalize", "original", "original/orthogonalize"]
+
+    # a rerun after one suite attack was lost (the model's dim attack kept): only that attack runs, and
+    # the CLI's summary line reports it (it used to fail on the missing dim numbers)
+    shutil.rmtree(paths.attack_dir("original", "orthogonalize"))
+    capsys.readouterr()
+    sets = ["attack.suite=[dim,orthogonalize]", "attack.orthogonalize.budgets=[1]", "attack.stop_below_threshold=false",
+            "attack.k_max=1", "attack.extract_n=64", "attack.score_n=32", "attack.eval_n=40",
+            "attack.generation.max_new_tokens=12", "attack.torch_threads=1"]
+    code = main(["attack-all", "--study", str(paths.root), "--source-model", str(instruct), "--base-model", str(base),
+                 "--tracking-uri", "none", *[a for kv in sets for a in ("--set", kv)]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "orthogonalize broken" in out and "suite: broken" in out and "1 finished, 3 skipped" in out, out
