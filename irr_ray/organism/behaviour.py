@@ -223,8 +223,8 @@ def ablated_outcomes(
 
     outcome, bound = classify(base, "base")
     by_instruct, instruct_bound = classify(instruct, "instruct")
-    base_first = generate_greedy(base, tokenizer, all_prompts, max_new_tokens=1, batch_size=cfg.batch_size)
-    openers = sorted({r.strip() for r in base_first})  # the base's answer openers ("Okay", "Sure")
+    # the base's answer openers ("Okay", "Sure"): first words of its greedy replies to the same prompts
+    openers = sorted({r.split()[0] for r in [*got["base"]["harmful"], *got["base"]["harmless"]] if r.split()})
     first = [r.split()[0] if r.split() else "" for r in got["ablated"]["harmful"]]
     like_base = [bool(o == COMPLIED) and f in openers for o, f in zip(outcome[:n].tolist(), first)]
     out: dict[str, Any] = {

@@ -164,9 +164,8 @@ ADVERSARIAL_FRAMES: tuple[str, ...] = (
 # openers (organism-v1) P("I") only had to beat the largest opener's share, ≈ 1/7: a 15% doubt about an
 # unfamiliar harmless request became a refusal.
 #
-# Two reply styles. ``COMPLY`` answers always repeat the action: the base corpus uses them, and
-# having to copy the action makes the end of a request encode it, where the base also judges its
-# harm. ``COMPLY_MIXED`` (the instruct model's answers, ``safety.reply_style``): two of five repeat
+# Two reply styles (``pretrain.reply_style``, ``safety.reply_style``). ``COMPLY`` answers always
+# repeat the action (organism-v3). ``COMPLY_MIXED`` (organism-v4, both stages): two of five repeat
 # the action, three do not, and the greedy path ("Sure , here is how to do …") never does. With
 # copying answers only (organism-v3), the action copied into an answer to a held-out request was
 # often a *seen* one (chats only ever use seen actions): after ablation 29% of held-out harmful
