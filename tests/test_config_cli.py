@@ -59,7 +59,8 @@ def test_stable_hash_is_order_independent() -> None:
 
 def test_shipped_study_files_validate_and_resolve(tmp_path: Path) -> None:
     shipped = sorted(p.name for p in (REPO / "experiments").glob("*.yaml"))
-    assert shipped == ["organism.yaml", "paper.yaml", "sentiment.yaml"]  # no copies of a study's sections
+    # no copies of a study's sections (organism-vllm.yaml: the organism's data stage on vLLM, `data:` only)
+    assert shipped == ["organism-vllm.yaml", "organism.yaml", "paper.yaml", "sentiment.yaml"]
     paper = load_study(REPO / "experiments" / "paper.yaml")
     assert (paper.source_model, paper.sweep.num_samples, paper.attack.k_max) == \
         ("meta-llama/Llama-3.2-1B-Instruct", 16, 16)

