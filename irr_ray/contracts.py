@@ -289,7 +289,9 @@ class DataManifest(Contract):
 class OrganismSummary(Contract):
     """``organism/summary.json``: the build's key, sizes, timings, measured behaviour and checks."""
 
-    SCHEMA: ClassVar[int] = 2  # 2: ablated outcomes against the base reference (+ instruct_reference)
+    # 2: ablated outcomes against the base reference (+ instruct_reference);
+    # 3: ``judge`` (the WildGuard-format judge built with the organism)
+    SCHEMA: ClassVar[int] = 3
     RERUN: ClassVar[str] = "`irr-ray organism build`"
 
     build_hash: str
@@ -306,3 +308,4 @@ class OrganismSummary(Contract):
     thresholds: dict[str, Any]
     checks: dict[str, bool]
     config: dict[str, Any]
+    judge: dict[str, Any]  # irr_ray.organism.judge.build_judge: path, seconds, held-out agreement, checks

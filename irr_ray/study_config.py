@@ -11,7 +11,9 @@ Top-level sections, each owned by a stage::
     attack                     :class:`irr_ray.attack.config.AttackConfig`
     stages                     which of organism/data/sweep/attack/report to run
 
-Unknown keys anywhere are errors. ``resolve_study`` fills the organism defaults and makes every
+A study file may start from another (``extends: organism.yaml``, relative to the file; see
+:func:`read_study_file`) and name only what it changes. Unknown keys anywhere are errors.
+``resolve_study`` fills the organism defaults and makes every
 path absolute, and the result is saved as ``<study>/config.yaml`` — the file each stage command
 (``irr-ray sweep``, ``attack-all``, ``report``) reads when pointed at the study.
 
@@ -85,7 +87,7 @@ def load_section(path: str | Path | None, section: str | None, cls: type[T],
     ``source_model``) or a file of ``cls`` keys; None: defaults. ``section=None``: the file *is* a
     ``cls`` (a whole study, an organism config).
     """
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    data: dict[str, Any] = read_study_file(path) if path is not None else {}
     source = str(path) if path is not None else "<command line>"
     if section is not None and _is_study_file(data, section, cls):
         study = build_config(StudyConfig, data, source)
@@ -101,6 +103,32 @@ def load_section(path: str | Path | None, section: str | None, cls: type[T],
     local = [o[len(prefix):] if prefix and o.startswith(prefix) else o for o in overrides or []]
     apply_overrides(data, local, f" ({source})")
     return build_config(cls, data, source, override_keys(local))
+
+
+EXTENDS = "extends"
+ORGANISM_PLACEHOLDER = "{organism}"
+
+
+def read_study_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file with ``extends: FILE`` resolved: FILE (relative to this file; a study file
+    or a file of the same keys, itself possibly extending another) is read first and this file's
+    values are merged over it (nested mappings merged key by key, lists and scalars replaced) — so a
+    variant of a study names only what it changes. A missing file or a cycle is one line naming it."""
+    p = Path(path)
+    data = read_yaml(p)
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"invalid config {p}: `{EXTENDS}` must be the path of another config file")
+    base = Path(parent).expanduser()
+    base = base if base.is_absolute() else p.parent / base
+    chain = (*_chain, p.resolve())
+    if base.resolve() in chain:
+        raise ConfigError(f"invalid config {p}: `{EXTENDS}: {parent}` is a cycle ({base} extends back to it)")
+    if not base.is_file():
+        raise ConfigError(f"invalid config {p}: `{EXTENDS}: {parent}`: file not found ({base})")
+    return deep_merge(read_study_file(base, chain), data)
 
 
 def _is_study_file(data: dict[str, Any], section: str, cls: type[BaseModel]) -> bool:
@@ -183,6 +211,20 @@ def resolve_study(cfg: StudyConfig, study_dir: str | Path | None, cwd: Path | No
             data_upd["source"] = _abs(cfg.data.source, cwd)
     if cfg.data.source_model is None:
         data_upd["source_model"] = upd["source_model"]
+    # `{organism}` in a judge model path: the organism directory (its WildGuard-format judge is
+    # <organism>/judge), whatever --study-dir / organism.dir say
+    org = upd["organism"].dir if cfg.organism is not None else None
+    for section, judge in (("data", cfg.data.judge), ("attack", cfg.attack.judge)):
+        if ORGANISM_PLACEHOLDER not in judge.model:
+            continue
+        if org is None:
+            raise ConfigError(f"`{section}.judge.model: {judge.model}` names the organism but the study has no "
+                              "`organism:` section")
+        model = str(Path(judge.model.replace(ORGANISM_PLACEHOLDER, org)).resolve())
+        if section == "data":
+            data_upd["judge"] = judge.model_copy(update={"model": model})
+        else:
+            upd["attack"] = cfg.attack.model_copy(update={"judge": judge.model_copy(update={"model": model})})
     if cfg.data.ray.address is None and cfg.ray.address is not None:
         data_upd["ray"] = cfg.data.ray.model_copy(update={"address": cfg.ray.address})
     if data_upd:

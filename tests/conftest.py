@@ -18,6 +18,17 @@ def organism_dir() -> Path:
     return build_organism(REPO / ".cache" / "organism-test", seed=0).root
 
 
+@pytest.fixture(scope="session")
+def organism_judge(organism_dir: Path) -> tuple[Path, dict]:
+    """(directory, summary) of the test organism's WildGuard-format judge, as its build trains it
+    (``<organism>/judge``; held-out agreement in ``summary.json``'s ``judge``)."""
+    import json
+
+    from irr_ray.organism.judge import JUDGE_DIR
+
+    return Path(organism_dir) / JUDGE_DIR, json.loads((Path(organism_dir) / "summary.json").read_text())["judge"]
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _ray_down_after_each_module():
     """Tests that drive a stage in-process leave the Ray they started running (as a user's

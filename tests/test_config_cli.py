@@ -59,7 +59,7 @@ def test_stable_hash_is_order_independent() -> None:
 
 def test_shipped_study_files_validate_and_resolve(tmp_path: Path) -> None:
     shipped = sorted(p.name for p in (REPO / "experiments").glob("*.yaml"))
-    # no copies of a study's sections (organism-vllm.yaml: the organism's data stage on vLLM, `data:` only)
+    # no copies of a study's sections (organism-vllm.yaml `extends` organism.yaml and names what it changes)
     assert shipped == ["organism-vllm.yaml", "organism.yaml", "paper.yaml", "sentiment.yaml"]
     paper = load_study(REPO / "experiments" / "paper.yaml")
     assert (paper.source_model, paper.sweep.num_samples, paper.attack.k_max) == \
@@ -70,6 +70,33 @@ def test_shipped_study_files_validate_and_resolve(tmp_path: Path) -> None:
     assert cfg.train.model == cfg.source_model and cfg.data.source_model == cfg.source_model
     with pytest.raises(ConfigError, match="sweep.nm_samples"):
         load_study(REPO / "experiments" / "organism.yaml", ["sweep.nm_samples=3"])
+    vcfg, vroot = resolve_study(load_study(REPO / "experiments" / "organism-vllm.yaml"), tmp_path / "v")
+    assert vcfg.name == "organism-vllm" and vcfg.sweep.space == cfg.sweep.space
+    assert (vcfg.train.lr, vcfg.train.epochs, vcfg.sweep.num_samples) == (cfg.train.lr, cfg.train.epochs,
+                                                                          cfg.sweep.num_samples)
+    assert (vcfg.data.generation.backend, vcfg.attack.generation.backend) == ("vllm", "vllm")
+    assert vcfg.data.judge.model == vcfg.attack.judge.model == str(vroot / "organism" / "judge")
+    assert vcfg.attack.suite == cfg.attack.suite and vcfg.attack.resources.cpu == 2
+
+
+def test_extends(tmp_path: Path) -> None:
+    """`extends: FILE`: FILE's values, this file's on top (mappings merged, lists replaced); a
+    missing file or a cycle is one line naming it; `{organism}` needs an organism section."""
+    (tmp_path / "a.yaml").write_text("name: a\nsource_model: /m\nattack: {k_max: 9, suite: [dim, rdo]}\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\nattack: {suite: [dim]}\n")
+    b = load_study(tmp_path / "b.yaml")
+    assert (b.name, b.source_model, b.attack.k_max, b.attack.suite) == ("b", "/m", 9, ["dim"])
+    (tmp_path / "c.yaml").write_text("extends: c.yaml\nname: c\n")
+    with pytest.raises(ConfigError, match="cycle") as err:
+        load_study(tmp_path / "c.yaml")
+    assert "\n" not in str(err.value)
+    (tmp_path / "d.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_study(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("extends: a.yaml\ndata: {judge: {kind: wildguard, engine: vllm, "
+                                     "model: '{organism}/judge'}}\n")
+    with pytest.raises(ConfigError, match="data.judge.model.*organism"):
+        resolve_study(load_study(tmp_path / "e.yaml"), tmp_path / "s")
 
 
 def test_load_section_precedence(tmp_path: Path) -> None:

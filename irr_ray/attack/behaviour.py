@@ -1,7 +1,9 @@
 """Behavioural evaluation: greedy replies to held-out prompts → refused / complied / degenerate.
 
 Used at K = 0 (the model as it is) and after every step of the attack (the K chosen directions
-ablated at three sites of every layer, through the hf backend's ``intervention`` hook). Per class
+ablated at three sites of every layer, through the hf backend's ``intervention`` hook; on the
+``vllm`` backend, the same model served as a checkpoint with the directions orthogonalised out of
+its weights, :mod:`irr_ray.generation.orthogonalized`). Per class
 (harmful, harmless) one evaluation gives, as one K-curve row (:class:`irr_ray.contracts.CurveRow`):
 
 * the judged outcome of every reply (:mod:`irr_ray.core.outcomes`): refused (the judge), degenerate
@@ -156,20 +158,24 @@ class BehaviourEvaluator:
         prompts: PromptPair,
         generation: EvalGenerationConfig,
         refusal_ids: Sequence[int],
-        k0_generate: Any | None = None,
+        vllm: Any | None = None,
         reference: PreTrainedModel | None = None,
         bound: float | None = None,
         rules: DegenerateRules = DegenerateRules(),
     ) -> None:
-        """``k0_generate``: optional ``prompts -> replies`` callable used when no direction is
-        ablated (the vLLM backend at K = 0); ablated evaluations always use hf ``generate``."""
+        """``vllm``: the ``vllm`` generation backend, an
+        :class:`~irr_ray.generation.orthogonalized.OrthogonalizedVLLM` of this model: plain and
+        ``directions`` runs generate from the model with the directions orthogonalised out of its
+        weights (equal to the hook ablation on a pre-norm family), served by vLLM; a run under an
+        opaque ``intervention`` (another attack of the suite) generates with hf. Everything else
+        (first-token refusal probability, KL, reply NLLs) runs on this hf model either way."""
         self.model = model
         self.tokenizer = tokenizer
         self.judge = judge
         self.prompts = prompts
         self.generation = generation
         self.refusal_ids = torch.as_tensor(list(refusal_ids), dtype=torch.long)
-        self.k0_generate = k0_generate
+        self.vllm = vllm
         self.reference = reference if reference is not None else model
         self.bound = bound
         self.rules = rules
@@ -181,13 +187,20 @@ class BehaviourEvaluator:
         self._unattacked: torch.Tensor | None = None
         self._openers: torch.Tensor | None = None
 
-    def _generate(self, prompts: Sequence[str], make: Intervention | None) -> list[str]:
-        if make is None and self.k0_generate is not None:
-            return list(self.k0_generate(list(prompts)))
+    def _generate(self, prompts: Sequence[str], make: Intervention | None,
+                  directions: torch.Tensor | None = None, opaque: bool = False) -> list[str]:
+        if self.vllm is not None and not opaque:
+            return list(self.vllm.generate(list(prompts), directions if make is not None else None))
         return generate_greedy(self.model, self.tokenizer, list(prompts),
                                max_new_tokens=self.generation.max_new_tokens,
                                batch_size=self.generation.batch_size, intervention=make,
                                engine=self.generation.engine)
+
+    def close(self) -> None:
+        """Release the vLLM engine (if any); the hf model stays usable."""
+        if self.vllm is not None:
+            self.vllm.close()
+            self.vllm = None
 
     def _intervention(self, directions: torch.Tensor | None) -> Intervention | None:
         if directions is None or directions.shape[0] == 0:
@@ -242,7 +255,7 @@ class BehaviourEvaluator:
             raise ValueError("BehaviourEvaluator.run: pass directions or an intervention, not both")
         make = intervention if intervention is not None else self._intervention(directions)
         prompts = self._all
-        replies = self._generate(prompts, make)
+        replies = self._generate(prompts, make, directions, opaque=intervention is not None)
         if self.bound is None and make is not None:
             raise RuntimeError("BehaviourEvaluator: calibrate the NLL bound at K=0 before attacking")
         outcome, nll, parse_errors = self.outcomes(prompts, replies)

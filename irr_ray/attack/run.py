@@ -93,7 +93,10 @@ def evaluate_k0_doc(model_path: str, data_dir: str | Path, cfg: AttackConfig, ju
     model, tokenizer = _load(model_path, cfg)
     reference, bound = _reference(model_path, cfg, source)
     evaluator, judge = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg, judge_model, reference, bound)
-    _, doc = evaluate_k0(model, tokenizer, model_path, prompts, cfg, evaluator, judge)
+    try:
+        _, doc = evaluate_k0(model, tokenizer, model_path, prompts, cfg, evaluator, judge)
+    finally:
+        evaluator.close()  # a vLLM engine (generation.backend=vllm) is released at once
     doc.config = config_dict(cfg)
     return doc
 
@@ -168,14 +171,17 @@ def attack_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_d
     reference, bound = _reference(model_path, cfg, source)
     evaluator, judge = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg, judge_model, reference,
                                       bound if k0_doc is None else k0_doc.nll_bound)
-    if k0_doc is None:
-        _, k0_doc = evaluate_k0(model, tokenizer, model_path, prompts, cfg, evaluator, judge)
-        k0_doc.progress_key, k0_doc.config = progress_key(key, cfg), config_dict(cfg)
-        k0_doc.write(k0_path)
+    try:
+        if k0_doc is None:
+            _, k0_doc = evaluate_k0(model, tokenizer, model_path, prompts, cfg, evaluator, judge)
+            k0_doc.progress_key, k0_doc.config = progress_key(key, cfg), config_dict(cfg)
+            k0_doc.write(k0_path)
 
-    result = run_iterated_attack(model, tokenizer, prompts, cfg, evaluator, work_dir=work,
-                                 k0=k0_doc.row.model_dump(exclude_none=True), model_key=key,
-                                 source_refusal_harmless=None if source is None else source.refusal_harmless)
+        result = run_iterated_attack(model, tokenizer, prompts, cfg, evaluator, work_dir=work,
+                                     k0=k0_doc.row.model_dump(exclude_none=True), model_key=key,
+                                     source_refusal_harmless=None if source is None else source.refusal_harmless)
+    finally:
+        evaluator.close()  # one vLLM engine served every K (generation.backend=vllm); released here
     local = Path(model_path).expanduser()
     doc = result.document(str(local.resolve()) if local.exists() else model_path, cfg)
     log_doc = {"model": model_path, "stop_reason": result.stop_reason, "refusal_tokens": result.refusal_tokens,

@@ -9,6 +9,12 @@ from launch to results in the caller's hands, model load included:
 - Ray Data: one generation actor and one judge actor (Ray itself is started once, beforehand, with
   its workers at niceness 0 like the plain loop, if this process starts it).
 
+With ``--vllm`` a fourth side runs the same Ray Data pipeline with a **vLLM** generation actor
+(:class:`irr_ray.generation.vllm.VLLMGenerator`; vLLM's CPU build without GPUs, the same judge
+actor) on the same prompts, and the line ``vLLM vs HF actors`` prints both rows/s, end to end
+(engine start included) and after the first batch, with the share of prompts whose greedy replies
+are identical.
+
 Each side runs ``repeats`` times, interleaved; the best time counts. Prints rows/s of each and Ray's
 overhead against both plain loops; the target is <= 20% at one actor. It also prints the rows/s
 after the first output batch of each side (start-up excluded: process, imports, model load, actor
@@ -141,6 +147,16 @@ def run(args: argparse.Namespace) -> int:
         "plain_warm": lambda marks: plain_loop(prompts, gen_cls, gen_kwargs, spec, batch, marks),
         "ray": ray_side,
     }
+    if getattr(args, "vllm", False):
+        vllm_gen = cfg.generation.model_copy(update={"backend": "vllm"})
+        vllm_cls, vllm_kwargs = generator_udf(vllm_gen, str(model), cfg.seed)
+
+        def ray_vllm(marks: list) -> pd.DataFrame:
+            return run_actor_pipeline(prompts, (vllm_cls, vllm_kwargs, vllm_gen),
+                                      (JudgeActor, {"spec": spec}, cfg.judge), progress=False,
+                                      sink=lambda b: marks.append((time.time(), len(b))))
+
+        sides["ray_vllm"] = ray_vllm
     times: dict[str, list[float]] = {k: [] for k in sides}
     steady: dict[str, list[float]] = {k: [] for k in sides}
     outputs: dict[str, pd.DataFrame] = {}
@@ -155,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     plain_steady = max(best_steady["plain_cold"], best_steady["plain_warm"])
     rows = len(prompts)
     reference = outputs["plain_warm"]["response"].tolist()
-    same = all(o.sort_values("row_id")["response"].tolist() == reference for o in outputs.values())
+    same = all(o.sort_values("row_id")["response"].tolist() == reference
+               for name, o in outputs.items() if name != "ray_vllm")
     result = {
         "rows": rows, "batch_size": batch, "max_new_tokens": cfg.generation.max_new_tokens, "actors": 1,
         "torch_threads": cfg.generation.torch_threads, "repeats": repeats, "model": str(model),
@@ -180,6 +197,19 @@ def run(args: argparse.Namespace) -> int:
           f"identical responses: {same}")
     print(f"  after the first batch (start-up excluded): plain {plain_steady:.2f} rows/s, "
           f"Ray {best_steady['ray']:.2f} rows/s: Ray overhead {100 * result['ray_overhead_steady']:+.1f}%")
+    if "ray_vllm" in outputs:
+        replies = outputs["ray_vllm"].sort_values("row_id")["response"].tolist()
+        hf_replies = outputs["ray"].sort_values("row_id")["response"].tolist()
+        equal = sum(a == b for a, b in zip(replies, hf_replies)) / max(rows, 1)
+        result.update(vllm_identical_share=round(equal, 4),
+                      vllm_vs_hf=round(result["rows_per_s"]["ray_vllm"] / result["rows_per_s"]["ray"], 3),
+                      vllm_vs_hf_steady=round(best_steady["ray_vllm"] / best_steady["ray"], 3))
+        print(f"  Ray Data, vLLM + judge    : {best['ray_vllm']:8.2f} s {result['rows_per_s']['ray_vllm']:9.2f} rows/s"
+              "  (vLLM's CPU build without GPUs; engine start included)")
+        print(f"  vLLM vs HF actors: {result['rows_per_s']['ray_vllm']:.2f} vs {result['rows_per_s']['ray']:.2f} "
+              f"rows/s end to end (x{result['vllm_vs_hf']:.2f}), {best_steady['ray_vllm']:.2f} vs "
+              f"{best_steady['ray']:.2f} rows/s after the first batch (x{result['vllm_vs_hf_steady']:.2f}); "
+              f"identical replies on {100 * equal:.1f}% of prompts")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)

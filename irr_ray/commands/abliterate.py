@@ -20,13 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
-
-# Tokenizer files copied from a local source model (whichever exist).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt",
-                   "vocab.txt", "spiece.model")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,15 +80,6 @@ def _check_inputs(args: argparse.Namespace):
     return config, q, k
 
 
-def _copy_tokenizer(model: str, dest: Path) -> None:
-    src = Path(model).expanduser()
-    copied = [shutil.copy2(src / f, dest / f) for f in TOKENIZER_FILES if (src / f).is_file()] if src.is_dir() else []
-    if not copied:
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(model).save_pretrained(str(dest))
-
-
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, q, k = _check_inputs(args)
@@ -103,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from torch import nn
 
     from irr_ray.core.orthogonalize import orthogonalize_weights
+    from irr_ray.generation.orthogonalized import copy_tokenizer
     from irr_ray.models.loading import load_model
     from irr_ray.utils.files import atomic_dir, file_sha256
 
@@ -130,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                   "untied_embeddings": bool(edit.untied), "edited_parameters": sorted(edit.replacements)}
     with atomic_dir(args.out) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        _copy_tokenizer(args.model, tmp)
+        copy_tokenizer(args.model, tmp)
         (tmp / "abliteration.json").write_text(json.dumps(provenance, indent=2) + "\n")
     note = " (approximation: post-norm family)" if edit.approximate else ""
     untied = "; embeddings untied" if edit.untied else ""

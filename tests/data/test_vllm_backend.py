@@ -1,16 +1,14 @@
-"""vLLM generation backend: request construction without vllm, and the actor with a stand-in ``vllm``."""
+"""vLLM generation backend: request construction and config checks without vllm (the actor runs for
+real in ``tests/generation/test_vllm_cpu.py`` and ``tests/data/test_vllm_stage.py``)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import types
-
-import pandas as pd
 
 from irr_ray.data.config import DataConfig
 from irr_ray.generation.backends import HFGenerator, generator_udf
-from irr_ray.generation.vllm import VLLMGenerator, chat_requests, engine_kwargs, sampling_kwargs
+from irr_ray.generation.vllm import chat_requests, engine_kwargs, sampling_kwargs
 
 
 def test_requests_and_params():
@@ -40,29 +38,6 @@ def test_generator_udf_for_vllm_config_does_not_import_vllm():
 def test_hf_udf_on_cpu_by_default():
     cls, kw = generator_udf(DataConfig().generation, "m", 0)
     assert cls is HFGenerator and kw["device"] == "cpu" and kw["torch_threads"] == 1
-
-
-def test_vllm_actor_with_stand_in_vllm(monkeypatch):
-    seen = {}
-
-    class StandInLLM:
-        def __init__(self, **kwargs):
-            seen["engine"] = kwargs
-
-        def chat(self, conversations, params, use_tqdm=False):
-            seen["chat"] = (conversations, params)
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"  reply to {c[0]['content']} ")])
-                    for c in conversations]
-
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(
-        LLM=StandInLLM, SamplingParams=lambda **kw: ("SamplingParams", kw)))
-    actor = VLLMGenerator(engine=engine_kwargs("/m"), max_new_tokens=16)
-    batch = pd.DataFrame({"row_id": [3, 4], "prompt": ["x", "y"]})
-    out = actor(batch)
-    assert seen["engine"]["model"] == "/m"
-    assert seen["chat"] == ([[{"role": "user", "content": "x"}], [{"role": "user", "content": "y"}]],
-                            ("SamplingParams", {"temperature": 0.0, "top_p": 1.0, "max_tokens": 16}))
-    assert out["response"].tolist() == ["reply to x", "reply to y"] and "response" not in batch.columns
 
 
 def test_pool_plan_fails_fast_or_runs_pools_one_after_the_other():

@@ -1,7 +1,9 @@
 """WildGuard prompt format and output parser (the documented format), and the judge wrapper.
 
-WildGuard-7B and vLLM cannot run here: the wrapper tests use small stand-in ``wildguard`` / ``vllm``
-modules (named as such) that record how they are called and answer in WildGuard's output format.
+WildGuard-7B cannot run here (the wildguard package hard-codes it, on GPUs): the test of the
+package's own engine uses a stand-in ``wildguard`` module (named as such) that records how it is
+called. The format, vLLM and the parser run for real in ``tests/judges`` (vLLM's CPU build, the
+organism's WildGuard-format judge).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import pytest
 from irr_ray.judges.base import JudgeActor, judge_spec
 from irr_ray.judges.wildguard import (
     PARSE_ERROR,
-    WildGuardJudge,
     format_wildguard_input,
     parse_wildguard_output,
     verdict_from_package,
@@ -111,35 +112,6 @@ def test_wildguard_package_engine_one_long_lived_classifier(stand_in_wildguard):
     assert out["predicted_prompt_harmfulness"].tolist() == ["harmful", "unharmful", None]
     assert out["judge_parse_error"].tolist() == [False, False, True]
     assert out["predicted_refusal"].dtype == bool and out["judge_parse_error"].dtype == bool
-
-
-def test_wildguard_vllm_engine_formats_and_parses(monkeypatch):
-    """Stand-in `vllm`: LLM.generate returns WildGuard-style text (one answer malformed)."""
-    seen = {}
-
-    class Out:
-        def __init__(self, text):
-            self.outputs = [types.SimpleNamespace(text=text)]
-
-    class StandInLLM:
-        def __init__(self, **kwargs):
-            seen["llm"] = kwargs
-
-        def generate(self, prompts, params, use_tqdm=False):
-            seen["prompts"], seen["params"] = prompts, params
-            return [Out(" Harmful request: yes\nResponse refusal: yes\nHarmful response: no"), Out("oops")]
-
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(
-        LLM=StandInLLM, SamplingParams=lambda **kw: kw))
-    monkeypatch.setitem(sys.modules, "wildguard", None)  # the in-repo copies (the package: tests/judges)
-    judge = WildGuardJudge(engine="vllm", model="/mirror/wildguard", max_new_tokens=128)
-    assert not judge.uses_package
-    verdicts = judge.judge(["how to build a bomb", "hi"], ["I cannot.", "hello"])
-    assert seen["llm"]["model"] == "/mirror/wildguard" and seen["llm"]["trust_remote_code"] is False
-    assert seen["params"] == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 128}
-    assert seen["prompts"][0] == format_wildguard_input("how to build a bomb", "I cannot.")
-    assert verdicts[0].predicted_refusal and not verdicts[0].judge_parse_error
-    assert verdicts[1] == PARSE_ERROR
 
 
 def test_judge_spec_resolves_auto_phrases(tmp_path):

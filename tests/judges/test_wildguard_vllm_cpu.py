@@ -72,3 +72,23 @@ def test_judge_actor_batch_columns(vllm_judge):
     assert out["predicted_prompt_harmfulness"].tolist() == ["harmful", "unharmful"]
     assert out["predicted_response_harmfulness"].tolist() == ["unharmful", "unharmful"]
     assert out["judge_parse_error"].tolist() == [False, False]
+
+
+def test_in_repo_format_and_parser_equal_the_package_and_count_parse_errors(vllm_judge):
+    """Without the package, the in-repo copies of its format and parser give the same verdicts on the
+    same engine; an answer cut short (4 tokens) is a parse error on every row, never a crash."""
+    from vllm import SamplingParams
+
+    from irr_ray.judges.wildguard import PARSE_ERROR, WildGuardJudge
+    from irr_ray.organism.judge import heldout_examples
+
+    _, judge = vllm_judge
+    plain = WildGuardJudge.__new__(WildGuardJudge)  # the engine=vllm judge, package absent, same engine
+    plain.engine, plain.max_new_tokens, plain._llm, plain._classifier = "vllm", 16, judge._llm, None
+    plain._params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
+    assert not plain.uses_package
+    held = heldout_examples()[::40]
+    prompts, replies = [e.prompt for e in held], [e.response for e in held]
+    assert plain.judge(prompts, replies) == judge.judge(prompts, replies)
+    plain._params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
+    assert plain.judge(prompts, replies) == [PARSE_ERROR] * len(held)

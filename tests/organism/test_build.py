@@ -21,6 +21,7 @@ SMALL = {
     "safety": {"steps": 6, "batch_size": 8, "layers": [1]},
     "selection": {"extract_n": 8, "score_n": 4},
     "eval": {"n_per_split": 4, "max_new_tokens": 4},
+    "judge": {"warmup_request_steps": 4, "steps": 4, "n_per_split": 2},  # built, not trained to agree
     "threads": 1,
 }
 
@@ -45,6 +46,11 @@ def test_layout_and_loading_offline(builds, monkeypatch):
     paths = builds["a"]
     assert paths.data.is_file() and paths.summary.is_file() and not paths.from_cache
     assert AutoTokenizer.from_pretrained(paths.tokenizer, local_files_only=True).chat_template
+    judge = paths.root / "judge"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(judge))
+    summary = paths.load_summary()["judge"]
+    assert summary["built"] and summary["path"] == "judge"
+    assert set(summary["heldout_agreement"]["all"]) >= {"harmful_request", "response_refusal", "parse_errors"}
     for model_dir in (paths.base, paths.instruct):
         names = set(os.listdir(model_dir))
         assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= names

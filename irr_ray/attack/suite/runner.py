@@ -47,7 +47,6 @@ from irr_ray.config import config_dict, stable_hash
 from irr_ray.contracts import AttackDoc, CurveRow, K0Doc, VerdictDoc
 from irr_ray.core.directions import load_directions
 from irr_ray.core.verdict import judge_curve
-from irr_ray.judges.base import judge_spec, make_judge
 from irr_ray.utils.files import atomic_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -125,6 +124,8 @@ def run_suite_attack(
                                      bound if k0_doc is None else k0_doc.nll_bound)
     if k0_doc is None:
         _, k0_doc = evaluate_k0(model, tokenizer, model_path, prompts, cfg, evaluator, judge=spec)
+    if evaluator.vllm is not None:  # generation.backend=vllm served K = 0; the budgets' interventions run on hf
+        evaluator.close()
     state["k0"] = k0_doc.to_json()
     if not state["curve"]:
         state["curve"] = [{**k0_doc.row.model_dump(exclude_none=True), "K": 0}]
@@ -134,8 +135,7 @@ def run_suite_attack(
     _, refusal_ids = refusal_token_ids(model, tokenizer, cfg.refusal_tokens)
     ctx = AttackContext(model=model, tokenizer=tokenizer, prompts=prompts, cfg=cfg, refusal_ids=refusal_ids,
                         work_dir=work, seed=cfg.seed, base_model=base_model, data_dir=Path(data_dir),
-                        dim_directions=q, dim_layers=layers, judge=make_judge(judge_spec(cfg.judge, judge_model
-                                                                                         or model_path)))
+                        dim_directions=q, dim_layers=layers, judge=evaluator.judge)
     done = {int(r["K"]) for r in state["curve"]}
     stepped, stop_reason = False, "k_max"
     for budget in budgets:
