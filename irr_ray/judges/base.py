@@ -80,6 +80,12 @@ def judge_spec(judge_cfg: Any, source_model: str | None) -> dict[str, Any]:
                 "max_new_tokens": 128, "batch_size": judge_cfg.batch_size}
     model = judge_cfg.model
     local = Path(model).expanduser()
+    if not local.exists():
+        from irr_ray.errors import IrrRayError
+        from irr_ray.preflight import looks_like_hub_id
+
+        if not looks_like_hub_id(model):  # a local path, so no hub lookup: one line before any work
+            raise IrrRayError(f"judge.model {model}: no such WildGuard-format model directory")
     spec = {"kind": "wildguard", "engine": "vllm", "model": model,
             "max_new_tokens": judge_cfg.max_new_tokens, "batch_size": judge_cfg.batch_size,
             "dtype": getattr(judge_cfg, "dtype", "auto")}

@@ -6,7 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from irr_ray.data.config import DataConfig
+from irr_ray.errors import IrrRayError
 from irr_ray.generation.backends import HFGenerator, generator_udf
 from irr_ray.generation.vllm import chat_requests, engine_kwargs, sampling_kwargs
 
@@ -102,3 +105,7 @@ def test_judge_engine_and_spec_for_a_local_wildguard_format_model(tmp_path):
     (tmp_path / "config.json").write_text('{"changed": 1}')  # a rebuilt judge is another judge
     assert judge_spec(cfg, None)["model_hash"] != spec["model_hash"]
     assert judge_engine(JudgeConfig()) is None
+    missing = tmp_path / "no-judge-here"
+    with pytest.raises(IrrRayError, match=f"judge.model {missing}: no such") as err:
+        judge_spec(JudgeConfig(kind="wildguard", engine="vllm", model=str(missing)), None)
+    assert "\n" not in str(err.value)
