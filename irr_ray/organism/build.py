@@ -196,13 +196,13 @@ def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> OrganismSumma
     behave = behaviour.measure(model, base, tok, seed, cfg.selection, cfg.eval)
     lap("measure")
     # The WildGuard-format judge (judge.kind=wildguard, judge.engine=vllm, judge.model=DIR/judge):
-    # a function of the templates and the seed only, trained here so every build has one.
+    # a function of the templates and its own seed (judge.seed), trained here so every build has one.
     judge: dict[str, Any] = {"built": False}
     if cfg.judge.build:
         from irr_ray.organism.judge import JudgeConfig, build_judge
 
         jc = cfg.judge
-        judge = build_judge(out, seed=seed, n_per_split=jc.n_per_split,
+        judge = build_judge(out, seed=jc.seed, n_per_split=jc.n_per_split,
                             cfg=JudgeConfig(warmup_request_steps=jc.warmup_request_steps, steps=jc.steps))
         # its wall times go to `timings` (the rest of the summary is deterministic for a seed)
         timings.update({f"judge_{k}": v for k, v in judge["training"].pop("seconds", {}).items()})

@@ -113,8 +113,13 @@ class OrganismJudgeConfig(StrictModel):
     """The WildGuard-format judge trained with the organism (``DIR/judge``, :mod:`irr_ray.organism.judge`;
     its architecture and the rest of its recipe are :class:`irr_ray.organism.judge.JudgeConfig`)."""
 
-    build: bool = Field(True, description="train DIR/judge with the organism (≈ 60–100 s on 2 cores); off: no "
+    build: bool = Field(True, description="train DIR/judge with the organism (≈ 55 s on 2 idle cores); off: no "
                                            "judge (judge.kind=wildguard then needs another WildGuard-format model)")
+    seed: int = Field(
+        0, description="the judge's training seed, not the organism's: the judge reads nothing of the organism (its "
+                       "words and labels are the templates'), so every organism seed gets the same judge. The recipe "
+                       "is seed-sensitive: held-out harmful-request agreement 0.997 / 0.997 / 0.963 / 0.996 / 0.509 "
+                       "with training seeds 0-4")
     warmup_request_steps: int = Field(300, ge=0, description="phase 1 steps: the request alone, and the reply alone")
     steps: int = Field(250, ge=1, description="phase 2 steps: WildGuard's full input")
     n_per_split: int = Field(120, ge=1, description="held-out prompts per class and split it is measured on")

@@ -246,15 +246,24 @@ def judge_model_config(tok: PreTrainedTokenizerFast, cfg: JudgeConfig) -> LlamaC
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation="sdpa")
 
 
-def _split_ids(tok: PreTrainedTokenizerFast, ex: JudgeExample) -> tuple[list[int], list[int], int]:
-    """(ids of the template's fixed head up to the request, ids of the rest + answer + ``</s>``,
-    length of the rest's input part). Head + rest are exactly the tokens of the whole text."""
-    text = format_wildguard_input(ex.prompt, ex.response)
+def _encode(tok: PreTrainedTokenizerFast, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of every text: the Rust tokenizer's batch call on the distinct texts (the ids of
+    ``tok(text)["input_ids"]``, without transformers' per-row conversion)."""
+    distinct = list(dict.fromkeys(texts))
+    ids = dict(zip(distinct, (e.ids for e in tok.backend_tokenizer.encode_batch(distinct, add_special_tokens=add_special_tokens))))
+    return [ids[t] for t in texts]
+
+
+def _encode_full(tok: PreTrainedTokenizerFast, examples: Sequence[JudgeExample]) -> tuple[list[int], list[tuple[list[int], int]]]:
+    """(ids of the template's fixed head up to the request, per example (ids of the rest + answer +
+    ``</s>``, length of the rest's input part)). Head + rest are exactly the tokens of the whole text.
+    """
     head_text = WILDGUARD_INPUT_FORMAT.split("{prompt}")[0]
     head = tok(head_text)["input_ids"]
-    rest = tok(text[len(head_text):], add_special_tokens=False)["input_ids"]
-    answer = tok(ex.answer(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return head, rest + answer, len(rest)
+    rests = _encode(tok, [format_wildguard_input(ex.prompt, ex.response)[len(head_text):] for ex in examples],
+                    add_special_tokens=False)
+    answers = _encode(tok, [ex.answer() for ex in examples], add_special_tokens=False)
+    return head, [(rest + answer + [tok.eos_token_id], len(rest)) for rest, answer in zip(rests, answers)]
 
 
 def _collate(encoded: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -289,13 +298,13 @@ def _forward_with_head(model: LlamaForCausalLM, head: torch.Tensor, batch: dict[
                  past_key_values=cache, use_cache=True).logits
 
 
-def _part_only_ids(tok: PreTrainedTokenizerFast, ex: JudgeExample, part: str) -> tuple[list[int], int]:
+def _encode_parts(tok: PreTrainedTokenizerFast, examples: Sequence[JudgeExample], part: str) -> list[tuple[list[int], int]]:
     """Warm-up rows (input length returned): ``<s> {prompt} \n Harmful request : yes|no </s>``
     (``part="request"``) or ``<s> {response} \n Response refusal : yes|no </s>`` (``"response"``)."""
-    text, line = (ex.prompt, 0) if part == "request" else (ex.response, 1)
-    source = tok(text)["input_ids"]
-    answer_line = ex.answer().split("\n")[line]
-    return source + tok("\n" + answer_line, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], len(source)
+    line = 0 if part == "request" else 1
+    sources = _encode(tok, [ex.prompt if part == "request" else ex.response for ex in examples])
+    answers = _encode(tok, ["\n" + ex.answer().split("\n")[line] for ex in examples], add_special_tokens=False)
+    return [(source + answer + [tok.eos_token_id], len(source)) for source, answer in zip(sources, answers)]
 
 
 def train_judge(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, examples: list[JudgeExample],
@@ -312,10 +321,9 @@ def train_judge(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, examples:
     leaked into the request's verdict (an answer naming another action) and truncated refusals were
     missed: 0.935 / 0.949 held-out agreement on seed 0 with two threads.
     """
-    split = [_split_ids(tok, ex) for ex in examples]
-    head = torch.tensor([split[0][0]])
-    full = [(rest, src) for _, rest, src in split]
-    parts = {part: [_part_only_ids(tok, ex, part) for ex in examples] for part in ("request", "response")}
+    head_ids, full = _encode_full(tok, examples)
+    head = torch.tensor([head_ids])
+    parts = {part: _encode_parts(tok, examples, part) for part in ("request", "response")}
     decisions = torch.tensor(tok.convert_tokens_to_ids(["yes", "no"]))
     rng = random.Random(seed + 7)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -479,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m irr_ray.organism.judge", description=main.__doc__)
     parser.add_argument("organism_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the judge's training seed (the organism build uses 0 for every organism seed)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results are deterministic per count)")
     args = parser.parse_args(argv)
     if not (args.organism_dir / "instruct" / "config.json").is_file():

@@ -1,6 +1,7 @@
-"""The whole organism study on vLLM's CPU build with WildGuard-format judging, for real:
-``irr-ray run experiments/organism-vllm.yaml`` (a subprocess, as a user runs it) at the smallest
-budgets that still run every stage — the data stage's generation and judge pools on vLLM actors,
+"""The whole organism study on vLLM's CPU build with WildGuard-format judging, for real, submitted
+as on a cluster: ``ray job submit -- irr-ray run organism-vllm.yaml`` to a local head
+(``tests/e2e/local_head.py``), with ``organism-vllm.yaml`` and the ``organism.yaml`` it extends as the
+uploaded working directory, at the smallest budgets that still run every stage — the data stage's generation and judge pools on vLLM actors,
 a one-trial sweep, the attack task group generating each K on vLLM (the ablated model served as a
 weight-orthogonalised checkpoint) and judging with the organism's WildGuard-format judge on vLLM,
 and the report.
@@ -12,15 +13,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.local_head import local_head
+
 REPO = Path(__file__).resolve().parents[2]
-STUDY_YAML = REPO / "experiments" / "organism-vllm.yaml"
+EXPERIMENTS = REPO / "experiments"
 SMALLEST = ["data.max_samples=200", "sweep.num_samples=1", "sweep.max_concurrent_trials=1",
             "sweep.points_to_evaluate=[cov_kd]", "train.epochs=1", "train.max_train_samples=32",
             "train.eval.n_per_class=8", "attack.k_max=1", "attack.extract_n=16", "attack.score_n=8",
@@ -34,15 +35,20 @@ pytestmark = [
 ]
 
 
-@pytest.mark.timeout(2400, func_only=True)
+@pytest.mark.timeout(3000, func_only=True)
 def test_organism_study_on_vllm_and_wildguard_format_judge(tmp_path: Path, organism_dir: Path) -> None:
+    from ray.job_submission import JobStatus
+
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    for name in ("organism-vllm.yaml", "organism.yaml"):  # the study file and the one it extends
+        shutil.copy(EXPERIMENTS / name, workdir / name)
     study = tmp_path / "study"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    args = [str(Path(sys.executable).parent / "irr-ray"), "run", str(STUDY_YAML), "--study-dir", str(study),
-            "--set", f"organism.dir={organism_dir}", *[a for kv in SMALLEST for a in ("--set", kv)]]
-    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=2400)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+    with local_head(tmp_path / "ray_head.log") as head:
+        job = head.submit_and_wait(
+            workdir, ["irr-ray", "run", "organism-vllm.yaml", "--study-dir", str(study),
+                      "--set", f"organism.dir={organism_dir}", *[a for kv in SMALLEST for a in ("--set", kv)]], 2400)
+    assert job.status == JobStatus.SUCCEEDED, job.logs[-6000:]
 
     judge_dir = str((organism_dir / "judge").resolve())
     manifest = json.loads((study / "data" / "manifest.json").read_text())

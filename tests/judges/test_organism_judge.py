@@ -22,9 +22,10 @@ def test_tokenizer_reads_wildguards_input_exactly():
     template = tok.convert_ids_to_tokens(tok(WILDGUARD_INPUT_FORMAT.format(prompt="x", response="y"))["input_ids"])
     assert template.count("\n") == WILDGUARD_INPUT_FORMAT.count("\n")  # every line break is a token
     # the shared head + the rest are exactly the whole input's tokens (training runs the head once)
-    for e in ex[:50]:
-        head, rest, n = J._split_ids(tok, e)
+    head, full = J._encode_full(tok, ex[:50])
+    for e, (rest, n) in zip(ex[:50], full):
         assert head + rest[:n] == tok(format_wildguard_input(e.prompt, e.response))["input_ids"]
+        assert rest[n:] == tok(e.answer(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     # a decoded answer parses as WildGuard's
     answer = tok.decode(tok(ex[0].answer(), add_special_tokens=False)["input_ids"])
     v = parse_wildguard_output(answer)
