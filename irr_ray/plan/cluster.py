@@ -1,7 +1,7 @@
 """From counted FLOPs to GPU-hours and wall time on N GPUs (pure arithmetic, stated assumptions).
 
 Throughput: a GPU sustains ``peak × MFU`` (model FLOPs utilisation, Chowdhery et al. 2022, "PaLM",
-§4.1: counted model FLOPs per second over the datasheet peak). Defaults:
+its definition: counted model FLOPs per second over the datasheet peak). Defaults:
 
 * peak **312 TFLOP/s** — A100 bf16 dense Tensor Core (NVIDIA A100 datasheet; 624 is with
   structured sparsity, which none of this uses);
@@ -9,7 +9,7 @@ Throughput: a GPU sustains ``peak × MFU`` (model FLOPs utilisation, Chowdhery e
   a 1B model at micro-batch 8 × 512 tokens gets less);
 * decode, per generation backend: **0.10 on vLLM** (continuous batching of 256 rows; a 1B decode
   step reads every weight and the KV cache, so it is memory-bound: Pope et al. 2022, "Efficiently
-  Scaling Transformer Inference", §2) and **0.02 on HF** (the attack's batches of 64 through a
+  Scaling Transformer Inference") and **0.02 on HF** (the attack's batches of 64 through a
   Python decode loop, launch-bound).
 
 These are assumptions, not measurements: every one is a flag of ``irr-ray plan``.

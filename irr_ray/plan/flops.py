@@ -4,9 +4,9 @@ Every forward is :func:`irr_ray.bench.attack.forward_flops` — per token and bl
 plus attention's 4·T·H·d (QKᵀ and AV over the whole T×T product, as SDPA computes it), and 2·D·V
 per row through the LM head: the 2·N·tokens forward of Kaplan et al. (2020, "Scaling Laws for
 Neural Language Models", §2.1) with the attention term of Narayanan et al. (2021, "Efficient
-Large-Scale Language Model Training on GPU Clusters", §5.1). Training is forward + backward at
-twice the forward (Kaplan et al.; Hoffmann et al. 2022, "Chinchilla", App. F: C ≈ 6·N·D): 3 ×
-the forward, with no activation recomputation. A cached decode step of a row whose context holds
+Large-Scale Language Model Training on GPU Clusters Using Megatron-LM"). Training is forward +
+backward at twice the forward (Kaplan et al.; Hoffmann et al. 2022, "Chinchilla", App. F:
+C ≈ 6·N·D): 3 × the forward, with no activation recomputation. A cached decode step of a row whose context holds
 C tokens costs 2·(block weights) per block, the head, and 4·C·H·d of attention (the KV cache
 spares the rest). The attack's per-iteration parts mirror :func:`irr_ray.bench.attack.split_flops`
 (extraction; candidate scoring at the reference scorer, the upper bound of the fast one;
@@ -286,7 +286,8 @@ def attack_stage(attack: AttackConfig, shape: ModelShape, judge_shape: ModelShap
     """Per model: the K=0 evaluation (+ the probes' forward of ``probe_train_n`` prompts per class
     to the probe layer), ``k_max`` iterations (every K run: the bound when the attack stops below
     the threshold or on a short direction), and each suite attack; ``models`` = trials + original
-    (+ base)."""
+    (+ base), every one of the source's shape (trials are fine-tunes of it; the base model is its
+    pre-trained twin)."""
     it = attack_iteration_flops(attack, shape, judge_shape, tokens)
     eval_dense, eval_decode = evaluation_flops(attack, shape, judge_shape, tokens)
     probe_layer = attack.probe_layer if attack.probe_layer is not None else \

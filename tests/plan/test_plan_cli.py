@@ -73,3 +73,17 @@ def test_bad_input_is_one_line_exit_2(capsys, args: list[str], named: str) -> No
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("irr-ray plan: error:") and named in err[0], err
+
+
+def test_local_source_model_shape_comes_from_its_config(capsys, tmp_path: Path) -> None:
+    """A local source model is counted from its own config.json, not the table."""
+    from irr_ray.plan.shapes import LLAMA_3_2_1B
+
+    model = tmp_path / "half-width"
+    model.mkdir()
+    config = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 16, "num_attention_heads": 16,
+              "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 128256, "tie_word_embeddings": True}
+    (model / "config.json").write_text(json.dumps(config))
+    plan = plan_json(capsys, PAPER, "--set", f"source_model={model}")
+    assert plan["assumptions"]["source_shape"]["hidden_size"] == 1024
+    assert plan["assumptions"]["source_params"] < LLAMA_3_2_1B.params / 2
