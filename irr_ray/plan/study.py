@@ -78,18 +78,32 @@ def model_shape(model: str, organism_dir: str | None = None) -> ModelShape:
     config = (p / "config.json") if local else _cached_config(model)
     if config is not None and config.is_file():
         return ModelShape.from_config(model, json.loads(config.read_text()))
-    if organism_dir is not None and p.parent == Path(organism_dir) and p.name in ("instruct", "base"):
-        from irr_ray.organism.config import OrganismConfig
-        from irr_ray.organism.tokenizer import build_tokenizer
-
-        m = OrganismConfig().model
-        return ModelShape(name=f"organism {p.name} (not built: default shape)", hidden_size=m.hidden_size,
-                          intermediate_size=m.intermediate_size, num_hidden_layers=m.num_layers,
-                          num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
-                          head_dim=m.hidden_size // m.num_heads, vocab_size=len(build_tokenizer()))
+    if organism_dir is not None and p.parent == Path(organism_dir) and p.name in ("instruct", "base", "judge"):
+        return unbuilt_organism_shape(p.name)
     if local:
         raise ConfigError(f"model {model}: no config.json there (build or download it first)")
     return known_shape(model)
+
+
+def unbuilt_organism_shape(part: str) -> ModelShape:
+    """An organism model not built yet: the shape its build will give (the organism's default
+    build config for ``instruct`` / ``base``, the judge's fixed architecture for ``judge``)."""
+    if part == "judge":
+        from irr_ray.organism.judge import JudgeConfig, build_judge_tokenizer
+
+        j = JudgeConfig()
+        return ModelShape(name="organism judge (not built: its fixed shape)", hidden_size=j.hidden_size,
+                          intermediate_size=j.intermediate_size, num_hidden_layers=j.num_layers,
+                          num_attention_heads=j.num_heads, num_key_value_heads=j.num_heads,
+                          head_dim=j.hidden_size // j.num_heads, vocab_size=len(build_judge_tokenizer()))
+    from irr_ray.organism.config import OrganismConfig
+    from irr_ray.organism.tokenizer import build_tokenizer
+
+    m = OrganismConfig().model
+    return ModelShape(name=f"organism {part} (not built: default shape)", hidden_size=m.hidden_size,
+                      intermediate_size=m.intermediate_size, num_hidden_layers=m.num_layers,
+                      num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
+                      head_dim=m.hidden_size // m.num_heads, vocab_size=len(build_tokenizer()))
 
 
 def judge_shape(kind: str, engine: str, model: str, organism_dir: str | None) -> ModelShape | None:

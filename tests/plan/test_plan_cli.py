@@ -87,3 +87,10 @@ def test_local_source_model_shape_comes_from_its_config(capsys, tmp_path: Path) 
     plan = plan_json(capsys, PAPER, "--set", f"source_model={model}")
     assert plan["assumptions"]["source_shape"]["hidden_size"] == 1024
     assert plan["assumptions"]["source_params"] < LLAMA_3_2_1B.params / 2
+
+
+def test_unbuilt_organism_judge_is_planned_from_its_fixed_shape(capsys) -> None:
+    """organism-vllm judges with the organism's WildGuard-format judge, planned before it is built."""
+    plan = plan_json(capsys, str(ROOT / "experiments" / "organism-vllm.yaml"), "--gpus", "2")
+    data = {s["stage"]: s for s in plan["stages"]}["data"]
+    assert data["parts"]["judge"] > 0 and "organism judge" in data["counted"]
