@@ -18,6 +18,7 @@ Wall time uses the stage's parallelism from the config, capped by the N GPUs: th
 generation and judge actors stream together when both pools fit on N GPUs (wall = the slower
 pool), else one pool after the other; sweep trials (``max_concurrent_trials``, ``resources.gpu``
 each) and attacked models (one task each, ``attack.resources.gpu``) run in waves of equal tasks.
+An actor, trial or task the config puts on CPUs (0 GPUs, as the organism's) is planned on one GPU.
 """
 
 from __future__ import annotations
