@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "attack": "iterated directional-ablation attack on one model",
     "attack-all": "attack every model of a study as a Ray task group",
     "run": "run a whole study (data -> sweep -> attack -> track -> report)",
+    "plan": "per stage FLOPs, GPU-hours and wall time of a study on N GPUs (size a cluster)",
     "report": "report table + Pareto plot of a study",
     "ui": "serve the study's MLflow UI on 127.0.0.1",
     "sentiment": "GPT-2 / IMDB-style proof of concept: matching vs LEACE / INLP",
