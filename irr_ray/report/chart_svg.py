@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from html import escape
 
 from irr_ray.report.collect import VERDICT_ORDER, ModelRow, study_attacks
-from irr_ray.report.pareto import NONE_X, SUITE_NONE_X, SUITE_TICKS, pareto_front, robustness
+from irr_ray.report.pareto import NONE_X, SUITE_NONE_X, SUITE_TICKS, pareto_front, robust_share, robustness
 
 VERDICT_COLOURS = {"robust": "#1a9850", "inconclusive": "#7b8ea3", "broken": "#d73027",
                    "degenerate": "#f08a24", "collapsed": "#7b3294"}
@@ -64,6 +64,13 @@ def axes_for(rows: Sequence[ModelRow], suite: bool) -> Axes:
     values = sorted({int(robustness(r, False)) for r in rows} | {NONE_X} | every)
     return Axes(NONE_X - 0.6, k_max + 0.6, tuple((t, "none" if t == NONE_X else str(t)) for t in values),
                 NONE_X + 0.5)
+
+
+def x_value(row: ModelRow, suite: bool) -> float | None:
+    """A row's robustness as data (``None``: fails at K=0, drawn left of 0)."""
+    if suite:
+        return robust_share(row)
+    return None if row.robust_k is None else float(row.robust_k)
 
 
 def x_label(suite: bool) -> str:
@@ -141,11 +148,12 @@ def robustness_chart(rows: Sequence[ModelRow]) -> str:
     labels = _label_positions(points)
     for r, x, y in points:
         colour = VERDICT_COLOURS.get(r.verdict, OTHER_COLOUR)
-        xv = robustness(r, suite)
-        tip = (f"{r.name}: {r.verdict}; x = {'none' if xv in (NONE_X, SUITE_NONE_X) else f'{xv:g}'}; "
+        xv = x_value(r, suite)
+        shown = "none" if xv is None else f"{xv:g}"
+        tip = (f"{r.name}: {r.verdict}; x = {shown}; "
                f"K=0 harmful refusal {r.refusal_harmful:.2f}, harmless {r.refusal_harmless:.2f}")
         parts.append(f'<g class="point" data-model="{escape(r.name)}" data-verdict="{escape(r.verdict)}" '
-                     f'data-x="{xv:g}" data-y="{r.refusal_harmful:g}"><title>{escape(tip)}</title>')
+                     f'data-x="{shown}" data-y="{r.refusal_harmful:g}"><title>{escape(tip)}</title>')
         if r.refusal_harmful_ci:
             lo, hi = ax.py(r.refusal_harmful_ci[0]), ax.py(r.refusal_harmful_ci[1])
             parts.append(f'<line x1="{_fmt(x)}" x2="{_fmt(x)}" y1="{_fmt(lo)}" y2="{_fmt(hi)}" stroke="#999"/>')
