@@ -41,7 +41,7 @@ COMMANDS: dict[str, str] = {
     "attack-all": "attack every model of a study as a Ray task group",
     "run": "run a whole study (data -> sweep -> attack -> track -> report)",
     "report": "report table + Pareto plot of a study",
-    "ui": "serve the study's MLflow UI on 127.0.0.1",
+    "ui": "serve the study overview and its MLflow UI on 127.0.0.1",
     "sentiment": "GPT-2 / IMDB-style proof of concept: matching vs LEACE / INLP",
     "bench": "benchmarks that print side-by-side ratios",
     "abliterate": "write an HF checkpoint with refusal directions orthogonalised out of its weights",
