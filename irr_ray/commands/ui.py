@@ -43,7 +43,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _check_inputs(args: argparse.Namespace, host: str) -> None:
     """Every check that can fail, before any server starts (one line naming the culprit)."""
     from irr_ray.errors import ConfigError
-    from irr_ray.report.overview import load_overview
+    from irr_ray.report.collect import collect_rows
     from irr_ray.study import StudyPaths
     from irr_ray.tracking.ui import check_port_free, check_study
 
@@ -53,7 +53,7 @@ def _check_inputs(args: argparse.Namespace, host: str) -> None:
     if args.port == args.mlflow_port != 0:
         raise ConfigError(f"--port and --mlflow-port are both {args.port}: the overview and the MLflow UI "
                           "need a port each")
-    load_overview(args.study, mlflow_url="")  # the attack results: a study without any has nothing to show
+    collect_rows(args.study)  # the attack results, through their contracts: a study without any has nothing to show
 
 
 def run(args: argparse.Namespace) -> int:

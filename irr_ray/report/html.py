@@ -144,7 +144,7 @@ def overview_page(ov: StudyOverview) -> str:
 <header><h1>irr-ray study: {escape(ov.name)}</h1>
 <p class="sub">{escape(_summary(ov))}</p>{_nav(ov)}</header>
 <div class="layout">
-<section><h2>Every model, most trustworthy first</h2>{overview_table(ov)}
+<section><h2>Every model: reference models, then trials most trustworthy first</h2>{overview_table(ov)}
 <details><summary>What the columns mean</summary><ul>{legend}</ul></details></section>
 <figure><h2>Robustness vs K=0 harmful refusal</h2>{robustness_chart(ov.rows)}
 <figcaption class="note">{escape(reading)}</figcaption></figure>
