@@ -15,6 +15,7 @@ its name to 127.0.0.1 cannot read the study.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import tempfile
 import threading
 from http import HTTPStatus
@@ -49,6 +50,10 @@ def render_pareto(ov: StudyOverview, out_dir: Path) -> Path:
     return plot_pareto(ov.rows, out_dir / PARETO_NAME, title=pareto_title(ov.name, ov.rows))
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class OverviewServer:
     """The overview on ``host:port`` (``port=0``: any free one), in a background thread."""
 
@@ -58,8 +63,9 @@ class OverviewServer:
         self.mlflow_url = mlflow_url
         self.allowed_hosts = allowed_hosts
         self._scratch = tempfile.TemporaryDirectory(prefix="irr-ray-ui-")
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
         try:
-            self._server = ThreadingHTTPServer((host, port), self._handler())
+            self._server = server_class((host.strip("[]"), port), self._handler())
         except OSError as exc:
             self._scratch.cleanup()
             raise ConfigError(f"cannot serve the study overview on {host}:{port} ({exc.strerror or exc}): "
@@ -70,9 +76,6 @@ class OverviewServer:
     @property
     def port(self) -> int:
         return self._server.server_address[1]
-
-    def url(self, shown_host: str) -> str:
-        return f"http://{shown_host}:{self.port}/"
 
     def start(self) -> OverviewServer:
         self._thread.start()
