@@ -42,7 +42,7 @@ COMMANDS: dict[str, str] = {
     "run": "run a whole study (data -> sweep -> attack -> track -> report)",
     "plan": "per stage FLOPs, GPU-hours and wall time of a study on N GPUs (size a cluster)",
     "report": "report table + Pareto plot of a study",
-    "ui": "serve the study's MLflow UI on 127.0.0.1",
+    "ui": "serve the study overview and its MLflow UI on 127.0.0.1",
     "sentiment": "GPT-2 / IMDB-style proof of concept: matching vs LEACE / INLP",
     "bench": "benchmarks that print side-by-side ratios",
     "abliterate": "write an HF checkpoint with refusal directions orthogonalised out of its weights",

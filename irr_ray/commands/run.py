@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
     print()
     timings = ", ".join(f"{t.name} {t.seconds:.0f}s" for t in result.timings)
     print(f"study done in {result.wall_s:.0f} s ({timings}): {result.study_dir}")
-    print(f"open the MLflow UI:  irr-ray ui --study {result.study_dir}   (then http://127.0.0.1:5000)")
+    print(f"browse the study:  irr-ray ui --study {result.study_dir}   (then http://127.0.0.1:5000)")
     return 0

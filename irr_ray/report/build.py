@@ -49,6 +49,12 @@ class Report:
         return next(r for r in self.rows if r.name == name)
 
 
+def pareto_title(study_name: str, rows: list[ModelRow]) -> str:
+    """The Pareto plot's title: the study and what its axes are (robust share in a suite)."""
+    axis, marker = ("robust share", "suite verdict") if study_attacks(rows) else ("robust_k", "verdict")
+    return f"{study_name}: {axis} vs K=0 harmful refusal (marker = {marker})"
+
+
 def build_report(study_dir: str | Path, tracking_uri: str | None = None, log_to_mlflow: bool = True) -> Report:
     """Read the study's results, write ``report.md`` and ``pareto.png`` into it, log both to MLflow.
 
@@ -59,9 +65,7 @@ def build_report(study_dir: str | Path, tracking_uri: str | None = None, log_to_
     paths = StudyPaths.at(study_dir)
     rows, missing = collect_rows(paths.root)
     title = f"irr-ray report: {paths.root.name}"
-    axis, marker = ("robust share", "suite verdict") if study_attacks(rows) else ("robust_k", "verdict")
-    pareto_path = plot_pareto(rows, paths.root / PARETO_NAME,
-                              title=f"{paths.root.name}: {axis} vs K=0 harmful refusal (marker = {marker})")
+    pareto_path = plot_pareto(rows, paths.root / PARETO_NAME, title=pareto_title(paths.root.name, rows))
     markdown = render_markdown(title, rows, missing, PARETO_NAME)
     write_text_atomic(paths.report, markdown)
     run = log_report_files(paths.root, rows, [paths.report, pareto_path], tracking_uri) if log_to_mlflow else None

@@ -275,6 +275,19 @@ def _read_marker(marker: Path, tracking_uri: str) -> dict[str, Any] | None:
             "profile": done.get("profile")}
 
 
+def logged_run_id(attack_dir: str | Path) -> str | None:
+    """The run a model's attack results were logged to (``mlflow.json``), whatever tracking URI it
+    names: a study directory that moved keeps its runs, and only the path in the URI changed."""
+    marker = Path(attack_dir) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        run_id = json.loads(marker.read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):  # unreadable: no link, the results themselves are fine
+        return None
+    return str(run_id) if run_id else None
+
+
 def _log_batch(client: Any, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
     """One ``log_batch`` within MLflow's per-batch limits, the rest in further batches."""
     client.log_batch(run_id, metrics=metrics[:_BATCH_METRICS], params=params[:_BATCH_PARAMS], tags=tags)

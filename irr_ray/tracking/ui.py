@@ -7,6 +7,9 @@ answers. Binding beyond loopback is refused unless asked for explicitly (``allow
 which ``irr-ray ui --host`` sets): MLflow has no authentication here, so anyone who can reach the
 port can read and change the study's runs. MLflow ≥ 3.5 also checks the Host header: the default
 accepts localhost and private IPs; other host names need ``allowed_hosts``.
+
+``irr-ray ui`` serves this next to the study overview (:mod:`irr_ray.tracking.overview_server`),
+which is what it opens first and which links every model to its run here.
 """
 
 from __future__ import annotations
@@ -47,10 +50,10 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
-def check_port_free(host: str, port: int) -> None:
-    """One line before anything is started or created when ``host:port`` is taken."""
+def check_port_free(host: str, port: int, flag: str = "--port") -> None:
+    """One line naming ``flag`` before anything is started or created when ``host:port`` is taken."""
     if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a TCP port (0-65535)")
+        raise ConfigError(f"{flag} {port} is not a TCP port (0-65535)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -58,7 +61,7 @@ def check_port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as exc:
             raise ConfigError(f"cannot serve on {host}:{port} ({exc.strerror or exc}): another process uses "
-                              "the port; pass another --port (or --port 0 for any free one)") from None
+                              f"the port; pass another {flag} (or {flag} 0 for any free one)") from None
 
 
 def ui_url(host: str, port: int) -> str:
@@ -89,7 +92,8 @@ def experiment_links(study_dir: str | Path, url: str) -> list[tuple[str, str]]:
             if client.search_runs([e.experiment_id], max_results=1)]
 
 
-def _check_study(paths: StudyPaths) -> None:
+def check_study(paths: StudyPaths) -> None:
+    """One line naming the path when the study directory or its MLflow database is missing."""
     if not paths.root.is_dir():
         raise IrrRayError(f"study directory not found: {paths.root}")
     if not paths.mlflow_db.is_file():
@@ -120,19 +124,20 @@ def _last_line(log: IO[bytes] | None) -> str:
 
 def start_ui(study_dir: str | Path, port: int = 5000, host: str = LOOPBACK, allow_remote: bool = False,
              allowed_hosts: str | None = None, timeout_s: float = 180.0,
-             log: IO[bytes] | None = None) -> tuple[subprocess.Popen, str]:
+             log: IO[bytes] | None = None, port_flag: str = "--port") -> tuple[subprocess.Popen, str]:
     """Start the MLflow UI on ``study_dir``; return ``(process, url)`` once ``/health`` answers.
 
-    ``port=0`` picks a free port. The server's output goes to ``log`` (a binary file), or to a
+    ``port=0`` picks a free port; errors about it name ``port_flag`` (the CLI option that set it).
+    The server's output goes to ``log`` (a binary file), or to a
     temporary file whose tail is shown if the server fails to start. Stop it with :func:`stop_ui`.
     """
     paths = StudyPaths.at(study_dir)
-    _check_study(paths)
+    check_study(paths)
     if not is_loopback(host) and not allow_remote:
         raise ConfigError(f"refusing to serve the MLflow UI on {host}: it has no authentication. "
                           "Bind 127.0.0.1 and port-forward, or pass --host explicitly to accept the risk")
     port = free_port() if port == 0 else port
-    check_port_free(host, port)
+    check_port_free(host, port, port_flag)
     paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     out = log if log is not None else tempfile.TemporaryFile()
     # no telemetry; no GenAI job runner (it forks seven huey consumers the UI does not need)
@@ -146,7 +151,7 @@ def start_ui(study_dir: str | Path, port: int = 5000, host: str = LOOPBACK, allo
         while not _answers(url):
             if proc.poll() is not None:
                 raise IrrRayError(f"mlflow server exited with code {proc.returncode} before answering on "
-                                  f"{url} (port in use? try --port); last log line: {_last_line(out)}")
+                                  f"{url} (port in use? try {port_flag}); last log line: {_last_line(out)}")
             if time.monotonic() > deadline:
                 raise IrrRayError(f"mlflow server did not answer on {url} within {timeout_s:.0f} s; "
                                   f"last log line: {_last_line(out)}")

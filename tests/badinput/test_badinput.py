@@ -205,6 +205,11 @@ CASES = [
     Case("ui-port-busy", ["ui", "--study", "study", "--port", "{port}"], ["--port", "{port}"], busy_port),
     Case("ui-port-out-of-range", ["ui", "--study", "study", "--port", "70000"], ["70000"],
          chain(mkdir("study"), write("study/mlflow.db", ""))),
+    Case("ui-mlflow-port-out-of-range", ["ui", "--study", "study", "--port", "0", "--mlflow-port", "70000"],
+         ["--mlflow-port 70000"], chain(mkdir("study"), write("study/mlflow.db", ""))),
+    Case("ui-study-missing", ["ui", "--study", "nostudy"], ["nostudy", "not found"]),
+    Case("ui-study-without-attacks", ["ui", "--study", "study", "--port", "0", "--mlflow-port", "0"],
+         ["study/attacks", "no attack results"], chain(mkdir("study"), write("study/mlflow.db", ""))),
 ]
 
 

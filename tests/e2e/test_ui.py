@@ -1,70 +1,76 @@
-"""`irr-ray ui` end to end: a study's MLflow SQLite database served by the real CLI (a subprocess),
-opened in headless Chromium (Debian's, never a downloaded one), with the experiment, its runs and
-the `attack_rank` metric visible; screenshots are saved under the test's tmp_path.
+"""`irr-ray ui` end to end: the real CLI (a subprocess) on a study directory as `irr-ray run` leaves
+it (:mod:`tests.e2e.ui_study`: contract documents, a real MLflow SQLite database, the report
+stage's report.md and pareto.png), opened in headless Chromium (Debian's, never a downloaded one).
 
-The runs are laid out as a study leaves them: the sweep's parent run with one child run per trial
-(made here with MlflowClient, as the sweep's trial runs would be), and every attack result (files
-built with the contract models, synthetic values) logged by the attack stage's own
-`irr_ray.tracking.attack_logging.log_attack` — into the trial's run, or as `attack:original` /
-`attack:base` runs nested under the parent.
+The first screen is asserted as a newcomer sees it, without a click, on a laptop-sized viewport:
+every model of the study with its verdict, strongest attack, robust_k, attack_rank and K=0 refusal,
+its link to its MLflow run, and the chart of robustness against K=0 harmful refusal with one point
+per model; nothing is requested from anywhere but the overview itself. Then one click each reaches
+the report (its Pareto plot loaded), the Pareto plot (the study's file, byte for byte) and a model's
+run in the MLflow UI. The first screen's screenshot is kept under the test's tmp_path and copied to
+``$IRR_RAY_TEST_ARTIFACTS`` (default ``tests/artifacts/``, ignored by git); the test prints where.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from irr_ray.contracts import AttackDoc
 from irr_ray.errors import ConfigError
-from irr_ray.study import StudyPaths
-from irr_ray.tracking.attack_logging import log_attack
-from irr_ray.tracking.mlflow_utils import get_or_create_experiment, sqlite_uri
 from irr_ray.tracking.ui import start_ui
-from tests.report.documents import Shape, attack_doc, curve, write_attack_dir
+from tests.e2e.ui_study import EXPERIMENT, K_MAX, make_study
 
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-EXPERIMENT = "irr-ray-ui-e2e"
-PARENT = "sweep-organism"
-K_MAX = 8
-# run name -> (attack_rank, K=0 harmful refusal); reference models get `attack:<name>` runs
-REFERENCE_RUNS = {"attack:original": (2, 0.95), "attack:base": (0, 0.10)}
-TRIAL_RUNS = {"trial_cov_kd": (K_MAX + 1, 0.90), "trial_l1": (3, 0.85)}
-RANKS = {**REFERENCE_RUNS, **TRIAL_RUNS}
+LAPTOP = {"width": 1440, "height": 900}
+HEADERS = ["model", "condition", "verdict", "strongest attack", "robust_k", "attack_rank", "K=0 harmful refusal",
+           "K=0 harmless refusal", "robust share"]
 
 
-def _attack_doc(rank: int, harmful: float) -> AttackDoc:
-    shape = Shape(harmful, 0.05, drop_at=rank if rank <= K_MAX else None)
-    return attack_doc("synthetic", curve(shape, K_MAX), k_max=K_MAX, source_harmless=0.05)
+@dataclass(frozen=True)
+class Expected:
+    """What the first screen must say about one model (the real rules on ui_study's curves)."""
+
+    verdict: str
+    strongest: str
+    robust_k: str
+    attack_rank: str
+    harmful: str  # K=0 harmful refusal, as the table and the chart's data-y show it
+    share: str  # the chart's x: the robust share of budget ("none": fails at K=0)
 
 
-def _make_study(root: Path) -> tuple[str, dict[str, str]]:
-    paths = StudyPaths.at(root)
-    uri = sqlite_uri(paths.mlflow_db)
-    exp_id = get_or_create_experiment(EXPERIMENT, uri, artifact_root=paths.mlflow_artifacts)
-    client = mlflow.MlflowClient(uri)
-    parent = client.create_run(exp_id, run_name=PARENT, tags={"irr_ray.stage": "sweep"}).info.run_id
-    ids = {PARENT: parent}
-    for run_name, (rank, harmful) in RANKS.items():
-        name = run_name.removeprefix("attack:")
-        attack_dir = write_attack_dir(paths.attack_dir(name), _attack_doc(rank, harmful))
-        if run_name in TRIAL_RUNS:
-            trial = client.create_run(exp_id, run_name=run_name, tags={"mlflow.parentRunId": parent})
-            client.set_terminated(trial.info.run_id)
-            ids[run_name] = log_attack(attack_dir, uri, role="trial", name=name, run_id=trial.info.run_id)
-        else:
-            ids[run_name] = log_attack(attack_dir, uri, role=name, name=name, experiment_id=exp_id,
-                                       parent_run_id=parent)
-    client.set_terminated(parent)
-    return exp_id, ids
+CENSORED = f"> {K_MAX}"
+# in the order the overview lists them: reference models, then trials most trustworthy first
+EXPECTED = {
+    "original": Expected("broken", "dim (broken@1)", "0", "1", "0.99", "0"),
+    "base": Expected("broken", "dim (broken@0)", "none", "0", "0", "none"),
+    "random_ablation_f816f815": Expected("robust*", "dim (robust)", str(K_MAX), CENSORED, "1", "1"),
+    "cov_robust_1f2e3d4c": Expected("robust", "dim (robust)", str(K_MAX), CENSORED, "0.96", "1"),
+    "refat_d0c10215": Expected("broken", "finetune (broken@25)", str(K_MAX), CENSORED, "0.97", "0.2"),
+    "refat_529ee0dc": Expected("broken", "finetune (broken@10)", "2", "3", "0.97", "0"),
+    "cov_kd_d43af9bc": Expected("broken", "dim (broken@1)", "0", "1", "1", "0"),
+    "kd_only_893e6d03": Expected("broken", "rdo (broken@1)", "0", "1", "1", "0"),
+    "l1_kd_462624df": Expected("broken", "dim (broken@0)", "none", "0", "0.19", "none"),
+    "l1_0e050d0f": Expected("broken", "dim (broken@0)", "none", "0", "0.03", "none"),
+}
+
+
+def artifacts_dir() -> Path:
+    """Where screenshots are kept after the test's tmp_path is gone."""
+    out = Path(os.environ.get("IRR_RAY_TEST_ARTIFACTS") or REPO / "tests" / "artifacts")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _launch_chromium(playwright):
@@ -74,38 +80,18 @@ def _launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
-def _fresh_page(browser):
-    """A page in a new browser context: no UI state (localStorage) carried over between views."""
-    page = browser.new_context(viewport={"width": 1920, "height": 1080}).new_page()
-    page.set_default_timeout(90_000)
-    return page
-
-
-def _close_assistant(page) -> None:
-    """MLflow 3.17 opens its AI-assistant side panel on every page; it takes a third of the width."""
-    page.get_by_role("button", name="Close").first.click()
-
-
-def _expand_parent(page) -> None:
-    """Open the sweep's parent row so its child runs (trials, attacks) are listed."""
-    page.locator("[role=row]").filter(has_text=PARENT).locator("button").first.click()
-    for name in RANKS:
-        _expect_text(page, name)
-
-
-def _cell(page, run_name: str, header):
-    """The grid cell in ``header``'s column on ``run_name``'s row (ag-grid renders the pinned name
-    column and the metric columns as separate row elements sharing one ``row-index``)."""
-    row_index = page.locator("[role=row]").filter(
-        has=page.get_by_text(run_name, exact=True)).first.get_attribute("row-index")
-    col_id = header.get_attribute("col-id")
-    return page.locator(f'[role=row][row-index="{row_index}"] [role=gridcell][col-id="{col_id}"]')
-
-
-def _expect_text(page, text: str, timeout_ms: int = 90_000) -> None:
-    from playwright.sync_api import expect
-
-    expect(page.get_by_text(text, exact=True).first).to_be_visible(timeout=timeout_ms)
+def _read_urls(proc: subprocess.Popen) -> tuple[str, str, list[str]]:
+    """(overview URL, MLflow URL, lines) from what the CLI prints once both servers answer."""
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("MLflow UI: "):
+            lines.append(proc.stdout.readline())  # "  runs of <experiment>: <link>"
+            break
+    overview = next((ln.split()[2] for ln in lines if ln.startswith("Study overview: ")), None)
+    mlflow_url = next((ln.split()[2] for ln in lines if ln.startswith("MLflow UI: ")), None)
+    assert overview and mlflow_url, "".join(lines)
+    return overview, mlflow_url, lines
 
 
 def test_ui_refuses_public_bind_unless_asked(tmp_path: Path) -> None:
@@ -115,61 +101,97 @@ def test_ui_refuses_public_bind_unless_asked(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_ui_shows_experiment_runs_and_attack_rank(tmp_path: Path) -> None:
+def test_first_screen_answers_the_study(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    study = tmp_path / "study"
-    exp_id, _ = _make_study(study)
+    study = tmp_path / "organism"
+    run_ids = make_study(study)
 
-    cmd = [sys.executable, "-m", "irr_ray", "ui", "--study", str(study), "--port", "0"]
+    cmd = [sys.executable, "-m", "irr_ray", "ui", "--study", str(study), "--port", "0", "--mlflow-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
-        for line in proc.stdout:  # the CLI prints the URL once the server answers /health
-            lines.append(line)
-            if line.startswith("MLflow UI: "):
-                break
-        assert lines and lines[-1].startswith("MLflow UI: http://127.0.0.1:"), "".join(lines)
-        url = lines[-1].split()[2]
-        runs_link = proc.stdout.readline().split()[-1]
-        assert runs_link == f"{url}/#/experiments/{exp_id}/runs?compareRunsMode=CHART"
+        overview, mlflow_url, lines = _read_urls(proc)
+        assert overview.startswith("http://127.0.0.1:") and mlflow_url.startswith("http://127.0.0.1:"), lines
+        assert lines[-1].strip().startswith(f"runs of {EXPERIMENT}: {mlflow_url}/#/experiments/"), lines
 
         with sync_playwright() as p:
             browser = _launch_chromium(p)
+            page = browser.new_context(viewport=LAPTOP).new_page()
+            page.set_default_timeout(90_000)
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(overview)
 
-            # 1) the runs table with an `attack_rank` column (added through the column chooser)
-            page = _fresh_page(browser)
-            page.goto(f"{url}/#/experiments/{exp_id}/runs")
-            _expect_text(page, EXPERIMENT)
-            _expect_text(page, PARENT)
-            _close_assistant(page)
-            page.get_by_role("button", name="Columns").click()
-            page.get_by_placeholder("Search columns").fill("attack_rank")
-            page.locator(".du-bois-light-tree-title").get_by_text("attack_rank", exact=True).click()
-            page.keyboard.press("Escape")
-            _expand_parent(page)
-            header = page.get_by_role("columnheader").filter(has_text="attack_rank").first
-            expect(header).to_be_in_viewport()
-            for name, (rank, _) in RANKS.items():
-                expect(_cell(page, name, header)).to_have_text(str(rank))
-            page.screenshot(path=str(tmp_path / "ui_runs_table.png"))
+            # --- the first screen, no click: every model, its columns, its run, and the chart
+            expect(page.locator("h1")).to_have_text("irr-ray study: organism")
+            expect(page.locator("#models th")).to_have_text(HEADERS)
+            rows = page.locator("#models tbody tr")
+            expect(rows).to_have_count(len(EXPECTED))
+            points = page.locator("#robustness-chart g.point")
+            expect(points).to_have_count(len(EXPECTED))
+            experiment = None
+            for i, (name, want) in enumerate(EXPECTED.items()):
+                row = rows.nth(i)
+                expect(row).to_have_attribute("data-model", name)
+                expect(row).to_be_in_viewport(ratio=1)
+                cells = row.locator("td")
+                expect(cells.nth(0)).to_have_text(name)
+                expect(cells.nth(2)).to_have_text(want.verdict)
+                expect(cells.nth(3)).to_have_text(want.strongest)
+                expect(cells.nth(4)).to_have_text(want.robust_k)
+                expect(cells.nth(5)).to_have_text(want.attack_rank)
+                expect(cells.nth(6)).to_contain_text(f"{float(want.harmful):.2f} [")
+                expect(cells.nth(8)).to_have_text(want.share if want.share == "none" else f"{float(want.share):.2f}")
+                href = cells.nth(0).locator("a").get_attribute("href")
+                assert href.startswith(f"{mlflow_url}/#/experiments/") and href.endswith(f"/runs/{run_ids[name]}")
+                experiment = experiment or href.split("/")[-3]
+                point = page.locator(f'#robustness-chart g.point[data-model="{name}"]')
+                expect(point).to_have_attribute("data-x", want.share)
+                expect(point).to_have_attribute("data-y", want.harmful)
+                expect(point.locator("circle")).to_be_in_viewport(ratio=0.99)  # sub-pixel edges
+                expect(point.locator("text.label")).to_have_text(name)
+            expect(page.locator("#robustness-chart")).to_be_in_viewport(ratio=0.99)
+            for link in ("Report", "Pareto plot"):
+                expect(page.get_by_role("link", name=link, exact=True)).to_be_in_viewport(ratio=1)
+            assert requested and all(u.startswith(overview) for u in requested), requested  # nothing else fetched
+            shot = tmp_path / "ui_first_screen.png"
+            page.screenshot(path=str(shot))
+            kept = artifacts_dir() / shot.name
+            shutil.copyfile(shot, kept)
+            print(f"\nfirst screen of `irr-ray ui`: {kept}")
 
-            # 2) the link the CLI printed: the same runs as charts, one bar per run for attack_rank
-            page = _fresh_page(browser)
-            page.goto(runs_link)
-            _expect_text(page, PARENT)
-            _close_assistant(page)
-            _expand_parent(page)
-            page.get_by_placeholder("Search metric charts").fill("attack_rank")
-            _expect_text(page, "attack_rank")
-            _expect_text(page, f"{K_MAX + 1}.00")  # trial_cov_kd's bar (censored: K_max + 1)
-            page.screenshot(path=str(tmp_path / "ui_runs_charts.png"))
+            # --- one click: the report, with the Pareto plot loaded
+            page.get_by_role("link", name="Report", exact=True).click()
+            expect(page.locator("h1")).to_have_text("irr-ray report: organism")
+            for column in ("orthogonalize", "rdo", "optuna_abliteration", "finetune", "probes lin / MLP"):
+                expect(page.locator("#report th").filter(has_text=column).first).to_be_visible()
+            expect(page.locator("#verdicts > li")).to_have_count(len(EXPECTED))
+            pareto = page.locator("#pareto")
+            pareto.scroll_into_view_if_needed()
+            page.wait_for_function("() => document.querySelector('#pareto').naturalWidth > 0")
+            page.screenshot(path=str(tmp_path / "ui_report.png"), full_page=True)
+            shutil.copyfile(tmp_path / "ui_report.png", artifacts_dir() / "ui_report.png")
+
+            # --- one click: the Pareto plot, the study's own file
+            page.goto(overview)
+            with page.expect_response(lambda r: r.url.endswith("/pareto.png")) as response:
+                page.get_by_role("link", name="Pareto plot", exact=True).click()
+            assert response.value.status == 200
+            assert response.value.body() == (study / "pareto.png").read_bytes()
+
+            # --- one click: a model's run in the MLflow UI
+            page.goto(overview)
+            page.locator('#models tr[data-model="original"] a').click()
+            page.wait_for_url(f"{mlflow_url}/#/experiments/{experiment}/runs/{run_ids['original']}**")
+            expect(page.get_by_text("attack:original").first).to_be_visible(timeout=120_000)
+            page.screenshot(path=str(tmp_path / "ui_mlflow_run.png"))
             browser.close()
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI stops the server and exits 0
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the CLI stops both servers and exits 0
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, "".join(lines) + out
-    assert "stopping the MLflow UI" in out
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(url + "/health", timeout=5)
-    assert all((tmp_path / f).stat().st_size > 0 for f in ("ui_runs_table.png", "ui_runs_charts.png"))
+    assert "stopping the MLflow UI and the study overview" in out
+    for url in (overview, mlflow_url):
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5)
