@@ -178,6 +178,18 @@ def _init_ray(address: str | None, num_cpus: int | None, gpu_per_task: float) ->
                               "tasks would wait forever; set attack.resources.gpu=0 to run on CPUs")
 
 
+def _remote(task: Any, cfg: AttackConfig) -> Any:
+    """``ray.remote(task)``; with a vLLM engine in the task (generation or a WildGuard-format judge),
+    one task per worker process (``max_calls=1``). vLLM keeps process-wide state (its distributed
+    groups; on CPU the engine runs in the worker's own process) that one engine's shutdown tears down
+    under the next: a reused worker then fails ("pipeline model parallel group is not initialized")."""
+    import ray
+
+    if cfg.generation.backend == "vllm" or cfg.judge.kind == "wildguard":
+        return ray.remote(max_calls=1)(task)
+    return ray.remote(task)
+
+
 def _source_baseline(paths: StudyPaths, source_model: str, data: Path, cfg: AttackConfig, judge_model: str | None,
                      options: dict[str, Any]) -> dict[str, Any]:
     """The source (``original``) model's K=0 baseline: read from its finished attack, else evaluated
@@ -190,7 +202,7 @@ def _source_baseline(paths: StudyPaths, source_model: str, data: Path, cfg: Atta
     if (original / ATTACK_JSON).is_file():
         return asdict(SourceBaseline.from_k0(source_model, K0Doc.read(original / K0_JSON)))
     log.info("attack-all: K=0 baseline of the source model %s", source_model)
-    return ray.get(ray.remote(_source_task).options(**options, name="attack:source-k0").remote(
+    return ray.get(_remote(_source_task, cfg).options(**options, name="attack:source-k0").remote(
         source_model, str(data), config_dict(cfg), str(progress_dir(original) / K0_JSON), judge_model))
 
 
@@ -305,7 +317,7 @@ def run_attack_all(
         source = None
         if source_model and any(spec.role == TRIAL for spec, _ in todo):  # trials are measured against it
             source = _source_baseline(paths, source_model, data, cfg, judge_model, options)
-        dim_remote, suite_remote = ray.remote(_attack_task), ray.remote(_suite_task)
+        dim_remote, suite_remote = _remote(_attack_task, cfg), _remote(_suite_task, cfg)
         pending: dict[Any, tuple[ModelSpec, str]] = {}
         dim_refs: dict[str, Any] = {}
         for spec, attack in sorted(todo, key=lambda t: t[1] != "dim"):  # dim first: the others wait on it
