@@ -315,6 +315,10 @@ def gpu_report(result: dict[str, Any], device: str, quick: bool) -> dict[str, An
 def run(args: argparse.Namespace) -> int:
     from irr_ray.models.loading import default_device
 
+    if getattr(args, "stage", False):
+        from irr_ray.bench.stage import run_stage
+
+        return run_stage(args)
     if getattr(args, "eval_split", False):
         return run_eval_split(args)
     device = args.device or default_device()
