@@ -457,7 +457,8 @@ def split_iterations(model: Any, tokenizer: Any, model_path: str, prompts: Any, 
              "iterations": rows, "identical_outcomes": same,
              **{f"{key}_per_iter": v for key, v in mean.items()},
              **{f"{key[:-2]}_share": v / total for key, v in mean.items() if key != "eval_plain_s"},
-             **{f"{key[:-2]}_share_plain": v / total_plain for key, v in mean.items() if key != "eval_s"}},
+             "extract_share_plain": mean["extract_s"] / total_plain, "score_share_plain": mean["score_s"] / total_plain,
+             "eval_share_plain": mean["eval_plain_s"] / total_plain},
             evaluator, chosen)
 
 
