@@ -16,6 +16,23 @@ its weights, :mod:`irr_ray.generation.orthogonalized`). Per class
 * ``kl_harmless``: mean first-token KL(unattacked ‖ ablated) on the harmless prompts.
 
 Judge parse errors (WildGuard) count as not refused, as in the data stage, and are reported.
+
+**Prompt reuse** (``generation.reuse_prefill``, default on; off = the separate forwards of the plain
+path, ``irr-ray bench attack --stage``). The prompts are the same at every K, so:
+
+* the first-token distribution under the ablation is the generation's own prefill logits at the
+  last prompt position (the shrinking engine, :func:`irr_ray.generation.hf.generate_greedy_prefill`:
+  the same forward, bit-identical), not a second forward of the prompts;
+* the unattacked reference's prompt KV cache is computed once per evaluator (or taken from the K=0
+  generation's prefill when the reference is the model itself), and gives at once the reference's
+  first-token distribution (the opener rule; the unattacked logits for the KL when the reference is
+  the model) and every later reply NLL from a forward over the reply tokens alone
+  (:func:`irr_ray.generation.prefix.reply_nll_from_cache`; equal to the all-at-once forward up to
+  float rounding, ≤ 1e-6 nats on the organism).
+
+Per K this leaves one generation and one reply-only forward (the plain path: generation, a
+prompt + reply forward and a prompt forward). Outcomes are identical on the organism
+(``tests/attack/test_prefill_reuse.py``).
 """
 
 from __future__ import annotations
@@ -44,7 +61,8 @@ from irr_ray.core.outcomes import (
 )
 from irr_ray.core.scoring import continuation_nll
 from irr_ray.core.stats import wilson_interval
-from irr_ray.generation.hf import generate_greedy
+from irr_ray.generation.hf import generate_greedy, generate_greedy_prefill
+from irr_ray.generation.prefix import PromptKV, prefill_prompts, reply_nll_from_cache
 from irr_ray.judges.base import Judge
 from irr_ray.models.chat import format_chat, tokenize_chat
 
@@ -184,8 +202,39 @@ class BehaviourEvaluator:
         bs = generation.batch_size
         self._batches = [tokenize_chat(tokenizer, self._all[i:i + bs], device=device)
                          for i in range(0, len(self._all), bs)]
+        self._rows = [list(range(i, min(i + bs, len(self._all)))) for i in range(0, len(self._all), bs)]
         self._unattacked: torch.Tensor | None = None
         self._openers: torch.Tensor | None = None
+        self._prompt_kv: list[PromptKV] | None = None  # the reference's, per batch (reuse_prefill)
+        self._kv_unavailable = False  # the reference's cache cannot be snapshot: all-at-once NLLs
+
+    @property
+    def reuse(self) -> bool:
+        return bool(getattr(self.generation, "reuse_prefill", False))
+
+    def _logprobs(self, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """log softmax in float64 on CPU per batch, concatenated: as :func:`last_position_logprobs`."""
+        return torch.cat([torch.log_softmax(z.double(), dim=-1).cpu() for z in logits])
+
+    def _adopt_prompt_kv(self, kv: list[PromptKV]) -> None:
+        """The reference's prompt cache, and what its prefill logits give for free: the openers and
+        (reference = model) the unattacked first-token distribution."""
+        self._prompt_kv = kv
+        logp = self._logprobs([k.last_logits for k in kv])
+        if self.reference is self.model and self._unattacked is None:
+            self._unattacked = logp
+        if self._openers is None:
+            self._openers = logp.exp().max(0).values
+
+    def _reference_kv(self) -> list[PromptKV] | None:
+        """The reference model's prompt KV per evaluation batch, prefilled once (reuse_prefill)."""
+        if self._prompt_kv is None and not self._kv_unavailable:
+            kv = [prefill_prompts(self.reference, b) for b in self._batches]
+            if any(k is None for k in kv):
+                self._kv_unavailable = True
+                return None
+            self._adopt_prompt_kv([k for k in kv if k is not None])
+        return self._prompt_kv
 
     def _generate(self, prompts: Sequence[str], make: Intervention | None,
                   directions: torch.Tensor | None = None, opaque: bool = False) -> list[str]:
@@ -210,6 +259,8 @@ class BehaviourEvaluator:
 
     def _opener_prob(self) -> torch.Tensor:
         """[V] max over the evaluation prompts of the unattacked reference model's first-token probability."""
+        if self._openers is None and self.reuse:
+            self._reference_kv()
         if self._openers is None:
             if self.reference is self.model:
                 if self._unattacked is None:
@@ -220,13 +271,19 @@ class BehaviourEvaluator:
             self._openers = logp.exp().max(0).values
         return self._openers
 
-    def _first_token(self, make: Intervention | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(p_refusal [N], KL(unattacked ‖ this) [N]) at the last prompt position."""
+    def _first_token(self, make: Intervention | None,
+                     logp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p_refusal [N], KL(unattacked ‖ this) [N]) at the last prompt position; ``logp``: this
+        run's first-token log-probabilities when the generation's prefill gave them."""
+        if self._unattacked is None and make is None and logp is not None:
+            self._unattacked = logp
+        if self._unattacked is None and self.reuse and self.reference is self.model:
+            self._reference_kv()
         if self._unattacked is None:
             self._unattacked = last_position_logprobs(self.model, self._batches)
         if make is None:
             logp = self._unattacked
-        else:
+        elif logp is None:
             with make():
                 logp = last_position_logprobs(self.model, self._batches)
         p_refusal = logp[:, self.refusal_ids].exp().sum(-1)
@@ -239,13 +296,43 @@ class BehaviourEvaluator:
         (the K=0 ones) when none was given."""
         verdicts = self.judge.judge(list(prompts), list(replies))
         refused = torch.tensor([bool(v.predicted_refusal) for v in verdicts], dtype=torch.bool)
-        nll, reply_ids = reply_nll(self.reference, self.tokenizer, prompts, replies, self.generation.batch_size)
+        kv = self._reference_kv() if self.reuse and list(prompts) == self._all else None
+        if kv is not None:
+            nll, reply_ids = self._cached_reply_nll(kv, replies)
+        else:
+            nll, reply_ids = reply_nll(self.reference, self.tokenizer, prompts, replies, self.generation.batch_size)
         first = torch.tensor([ids[0] if ids else -1 for ids in reply_ids], dtype=torch.long)
         form = form_is_degenerate(reply_ids, self.rules) | implausible_opening(first, self._opener_prob(), self.rules)
         if self.bound is None:
             answers = ~form & ~refused
             self.bound = nll_bound(nll[answers] if bool(answers.any()) else nll[~form], self.rules)
         return classify(refused, form, nll, self.bound), nll, sum(bool(v.judge_parse_error) for v in verdicts)
+
+    def _cached_reply_nll(self, kv: list[PromptKV], replies: Sequence[str]) -> tuple[torch.Tensor, list[list[int]]]:
+        """:func:`reply_nll` from the reference's prompt cache: the reply tokens only, per batch."""
+        reply_ids = [list(x) for x in self.tokenizer(list(replies), add_special_tokens=False)["input_ids"]]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = torch.full((len(replies),), float("nan"), dtype=torch.float64)
+        for rows, prompt in zip(self._rows, kv, strict=True):
+            out[rows[0]:rows[-1] + 1] = reply_nll_from_cache(self.reference, prompt, [reply_ids[i] for i in rows], pad)
+        return out, reply_ids
+
+    def _generate_reusing(self, make: Intervention | None) -> tuple[list[str], torch.Tensor]:
+        """Replies and first-token log-probabilities [N, V] from one generation (shrinking engine);
+        an unablated run of the reference model itself also hands over its prompt KV cache."""
+        donate = make is None and self.reference is self.model and self._prompt_kv is None and not self._kv_unavailable
+        res = generate_greedy_prefill(self.model, self.tokenizer, self._all,
+                                      max_new_tokens=self.generation.max_new_tokens,
+                                      batch_size=self.generation.batch_size, intervention=make, keep_prompt_kv=donate)
+        assert res.first_logits is not None
+        logp = self._logprobs([res.first_logits[rows[0]:rows[-1] + 1] for rows in self._rows])
+        if donate and res.prompt_kv is not None:
+            kv = [k for _, k in res.prompt_kv if k is not None]
+            if len(kv) == len(self._rows) and [rows for rows, _ in res.prompt_kv] == self._rows:
+                self._adopt_prompt_kv(kv)
+            else:  # a cache that cannot be snapshot: NLLs all at once, as without reuse
+                self._kv_unavailable = True
+        return res.replies, logp
 
     def run(self, directions: torch.Tensor | None = None, intervention: Intervention | None = None) -> Behaviour:
         """Outcomes with ``directions`` [K, D] (orthonormal rows) ablated, or under ``intervention``
@@ -255,11 +342,16 @@ class BehaviourEvaluator:
             raise ValueError("BehaviourEvaluator.run: pass directions or an intervention, not both")
         make = intervention if intervention is not None else self._intervention(directions)
         prompts = self._all
-        replies = self._generate(prompts, make, directions, opaque=intervention is not None)
+        opaque = intervention is not None
+        first: torch.Tensor | None = None
         if self.bound is None and make is not None:
             raise RuntimeError("BehaviourEvaluator: calibrate the NLL bound at K=0 before attacking")
+        if self.reuse and self.generation.engine == "shrinking" and (self.vllm is None or opaque):
+            replies, first = self._generate_reusing(make)
+        else:
+            replies = self._generate(prompts, make, directions, opaque=opaque)
         outcome, nll, parse_errors = self.outcomes(prompts, replies)
-        p_refusal, kl = self._first_token(make)
+        p_refusal, kl = self._first_token(make, first)
         nh = len(self.prompts.harmful)
 
         def per_class(lo: int, hi: int) -> ClassOutcome:

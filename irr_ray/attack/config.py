@@ -37,9 +37,14 @@ class EvalGenerationConfig(StrictModel):
     batch_size: int = Field(32, ge=1, description="prompts per generate call")
     max_new_tokens: int = Field(64, ge=1, description="greedy tokens per response")
     engine: Literal["hf-generate", "shrinking"] = Field(
-        "hf-generate", description="hf backend: transformers generate, or the decode loop that drops rows at "
-                                   "end-of-turn (identical greedy replies on the organism; opt-in until "
-                                   "measured on real models: `irr-ray bench attack --eval-split`)")
+        "shrinking", description="hf backend: the decode loop that prefills once and drops rows at end-of-turn "
+                                 "(default), or transformers generate (the plain path); identical greedy "
+                                 "replies on the organism (`irr-ray bench attack --stage`)")
+    reuse_prefill: bool = Field(
+        True, description="hf backend, shrinking engine: first-token probabilities from the generation's own "
+                          "prefill, and reply NLLs from the reference model's prompt KV cache (prefilled once "
+                          "per evaluator) instead of two more forwards of the prompts per K; false: the plain "
+                          "path's separate forwards. Same outcomes (NLLs equal to float rounding)")
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
 
 

@@ -139,11 +139,19 @@ class AttackState:
         return orthonormalize(torch.stack(self.raw)) if self.raw else torch.zeros(0, width)
 
 
+# Generation knobs that change only how fast the same replies and scores come (plain vs fast path,
+# `irr-ray bench attack --stage`): progress saved under one is valid under the other.
+SPEED_ONLY_GENERATION = ("engine", "reuse_prefill")
+
+
 def progress_key(model_key: str, cfg: AttackConfig) -> str:
-    """What the saved steps depend on: the model and the config, except the budget knobs."""
+    """What the saved steps depend on: the model and the config, except the budget knobs and the
+    speed-only generation knobs (:data:`SPEED_ONLY_GENERATION`)."""
     conf = config_dict(cfg)
     for budget in ("k_max", "stop_below_threshold", *SUITE_SECTIONS):  # the other attacks' settings too
         conf.pop(budget)
+    for knob in SPEED_ONLY_GENERATION:
+        conf["generation"].pop(knob, None)
     return stable_hash({"model": model_key, "config": conf})
 
 

@@ -171,11 +171,14 @@ def attack_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_d
     reference, bound = _reference(model_path, cfg, source)
     evaluator, judge = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg, judge_model, reference,
                                       bound if k0_doc is None else k0_doc.nll_bound)
+    k0_s = 0.0
     try:
         if k0_doc is None:
+            t_k0 = time.perf_counter()
             _, k0_doc = evaluate_k0(model, tokenizer, model_path, prompts, cfg, evaluator, judge)
             k0_doc.progress_key, k0_doc.config = progress_key(key, cfg), config_dict(cfg)
             k0_doc.write(k0_path)
+            k0_s = time.perf_counter() - t_k0
 
         result = run_iterated_attack(model, tokenizer, prompts, cfg, evaluator, work_dir=work,
                                      k0=k0_doc.row.model_dump(exclude_none=True), model_key=key,
@@ -188,7 +191,7 @@ def attack_model(model_path: str, data_dir: str | Path, cfg: AttackConfig, out_d
                "implementation": cfg.implementation, "device": resolve_device(cfg), "judge": judge,
                "source_model": None if source is None else source.path,
                "nll_bound": k0_doc.nll_bound, "prompt_sets": prompts.sizes(), "timings": result.timings,
-               "wall_s": time.perf_counter() - t0, "examples": {"0": k0_doc.examples, **result.examples}}
+               "k0_s": k0_s, "wall_s": time.perf_counter() - t0, "examples": {"0": k0_doc.examples, **result.examples}}
     with atomic_dir(out) as tmp:
         _keep_suite_results(out, tmp)
         doc.write(tmp / ATTACK_JSON)

@@ -315,6 +315,10 @@ def gpu_report(result: dict[str, Any], device: str, quick: bool) -> dict[str, An
 def run(args: argparse.Namespace) -> int:
     from irr_ray.models.loading import default_device
 
+    if getattr(args, "stage", False):
+        from irr_ray.bench.stage import run_stage
+
+        return run_stage(args)
     if getattr(args, "eval_split", False):
         return run_eval_split(args)
     device = args.device or default_device()
@@ -370,23 +374,46 @@ def _timed(fn: Any, device: str) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def evaluator_with_engine(evaluator: Any, engine: str) -> Any:
+def evaluator_variant(evaluator: Any, engine: str, reuse_prefill: bool) -> Any:
     """A copy of ``evaluator`` (same prompts, judge, calibrated bound, cached K=0 logits) whose
     replies come from generation ``engine`` (``hf-generate``: HF ``generate``; ``shrinking``: the
-    decode loop that drops finished rows); everything else unchanged."""
+    decode loop that drops finished rows), with or without prompt reuse (first-token logits from the
+    generation's prefill, reply NLLs from the reference's prompt cache); everything else unchanged."""
     copy = evaluator.__class__.__new__(evaluator.__class__)
     copy.__dict__.update(evaluator.__dict__)
-    copy.generation = evaluator.generation.model_copy(update={"engine": engine})
+    copy.generation = evaluator.generation.model_copy(update={"engine": engine, "reuse_prefill": reuse_prefill})
     return copy
+
+
+def evaluator_with_engine(evaluator: Any, engine: str) -> Any:
+    """:func:`evaluator_variant` without prompt reuse."""
+    return evaluator_variant(evaluator, engine, False)
+
+
+def same_outcomes(a: Any, b: Any, nll_tol: float = 1e-6) -> bool:
+    """Two behaviours (:class:`~irr_ray.attack.behaviour.Behaviour`) agree: outcome counts, first-token refusal
+    probabilities and KL exactly, reply NLLs to ``nll_tol`` (the cached reply forward's rounding)."""
+    for cls in ("harmful", "harmless"):
+        x, y = getattr(a, cls), getattr(b, cls)
+        if (x.n, x.refused, x.complied, x.degenerate, x.p_refusal) != (y.n, y.refused, y.complied, y.degenerate,
+                                                                       y.p_refusal):
+            return False
+        if not (abs(x.reply_nll - y.reply_nll) <= nll_tol or (x.reply_nll != x.reply_nll and y.reply_nll != y.reply_nll)):
+            return False
+    return a.kl_harmless == b.kl_harmless
 
 
 def split_iterations(model: Any, tokenizer: Any, model_path: str, prompts: Any, cfg: AttackConfig,
                      iterations: int, name: str) -> tuple[dict[str, Any], Any, list[torch.Tensor]]:
     """Run ``iterations`` attack iterations as :func:`irr_ray.attack.iterated.run_iterated_attack` does
-    (extract → score (production scorer) → select → behavioural evaluation with the production
-    generation path) and time each part. Returns (result, evaluator, raw chosen directions)."""
+    (extract → score (production scorer) → select → behavioural evaluation) and time each part. The
+    evaluation runs twice per K, alternating which goes first: the plain path (``hf-generate``, the
+    first-token and prompt + reply forwards of its own) and the fast path (``cfg``: shrinking loop,
+    prompt reuse), whose outcomes must agree (:func:`same_outcomes`). Returns (result, the fast
+    evaluator, raw chosen directions)."""
     from irr_ray.attack.evaluate import make_evaluator
     from irr_ray.attack.scoring import make_scorer
+    from irr_ray.bench.stage import plain_config
 
     device = str(next(model.parameters()).device)
     _, ids = refusal_token_ids(model, tokenizer, cfg.refusal_tokens)
@@ -395,7 +422,10 @@ def split_iterations(model: Any, tokenizer: Any, model_path: str, prompts: Any, 
     harmless = encode_batches(tokenizer, prompts.extract.harmless, cfg.extract_batch_size, device,
                               cfg.max_prompt_tokens)
     evaluator, _ = make_evaluator(model, tokenizer, model_path, prompts.eval, cfg)
-    _, k0_s = _timed(lambda: evaluator.run(None), device)
+    plain, _ = make_evaluator(model, tokenizer, model_path, prompts.eval, plain_config(cfg))
+    b_plain, k0_plain_s = _timed(lambda: plain.run(None), device)
+    b_fast, k0_s = _timed(lambda: evaluator.run(None), device)
+    same = same_outcomes(b_plain, b_fast)
     scorer = make_scorer(model, tokenizer, prompts.score, ids, cfg)
     rows, chosen = [], []
     width = model.config.hidden_size
@@ -406,25 +436,38 @@ def split_iterations(model: Any, tokenizer: Any, model_path: str, prompts: Any, 
         scores, sc = _timed(lambda: scorer.score(candidates, [c.to(device) for c in chosen]), device)  # noqa: B023
         chosen.append(candidates[select_direction(scores, cfg)].vector.detach().float().cpu())
         qk = orthonormalize(torch.stack(chosen)).reshape(-1, width)
-        behaviour, ev = _timed(lambda: evaluator.run(qk), device)  # noqa: B023
-        rows.append({"K": k, "extract_s": ext, "score_s": sc, "eval_s": ev, "candidates": len(candidates),
-                     "refusal_harmful": behaviour.refusal_harmful})
+        runs: dict[str, Any] = {}
+        for side in (("plain", "fast") if k % 2 else ("fast", "plain")):
+            ev_side = plain if side == "plain" else evaluator
+            runs[side] = _timed(lambda ev_side=ev_side, qk=qk: ev_side.run(qk), device)
+        (behaviour, ev), (b_plain, ev_plain) = runs["fast"], runs["plain"]
+        same = same and same_outcomes(b_plain, behaviour)
+        rows.append({"K": k, "extract_s": ext, "score_s": sc, "eval_s": ev, "eval_plain_s": ev_plain,
+                     "candidates": len(candidates), "refusal_harmful": behaviour.refusal_harmful})
         print(f"  [{name}] K={k}: extract {ext:.2f}s | score {sc:.2f}s ({len(candidates)} candidates) | "
-              f"eval {ev:.2f}s | harmful refused {behaviour.refusal_harmful:.2f}", flush=True)
+              f"eval plain {ev_plain:.2f}s, fast {ev:.2f}s | harmful refused {behaviour.refusal_harmful:.2f}",
+              flush=True)
     n = len(rows)
-    mean = {key: sum(r[key] for r in rows) / n for key in ("extract_s", "score_s", "eval_s")}
-    total = sum(mean.values())
+    mean = {key: sum(r[key] for r in rows) / n for key in ("extract_s", "score_s", "eval_s", "eval_plain_s")}
+    total = mean["extract_s"] + mean["score_s"] + mean["eval_s"]
+    total_plain = mean["extract_s"] + mean["score_s"] + mean["eval_plain_s"]
     return ({"name": name, "device": device, "extract_n": cfg.extract_n, "score_n": cfg.score_n,
              "eval_n": [len(prompts.eval.harmful), len(prompts.eval.harmless)],
-             "max_new_tokens": cfg.generation.max_new_tokens, "k0_eval_s": k0_s, "iterations": rows,
+             "max_new_tokens": cfg.generation.max_new_tokens, "k0_eval_s": k0_s, "k0_eval_plain_s": k0_plain_s,
+             "iterations": rows, "identical_outcomes": same,
              **{f"{key}_per_iter": v for key, v in mean.items()},
-             **{f"{key[:-2]}_share": v / total for key, v in mean.items()}}, evaluator, chosen)
+             **{f"{key[:-2]}_share": v / total for key, v in mean.items() if key != "eval_plain_s"},
+             "extract_share_plain": mean["extract_s"] / total_plain, "score_share_plain": mean["score_s"] / total_plain,
+             "eval_share_plain": mean["eval_plain_s"] / total_plain},
+            evaluator, chosen)
 
 
 def eval_engines(evaluator: Any, directions: torch.Tensor, repeats: int, sort_by_length: bool = True) -> dict[str, Any]:
     """Seconds per behavioural evaluation (whole :meth:`BehaviourEvaluator.run`) and per generation
-    alone, old (HF ``generate``) vs new (the shrinking loop), ``directions`` ablated; the two sides
-    alternate (ABBA…) so load drifts hit both alike. Replies must be string-equal."""
+    alone, old vs new, ``directions`` ablated; the sides alternate (ABBA…) so load drifts hit both
+    alike. Evaluation: the plain path (HF ``generate``, separate first-token and prompt + reply
+    forwards) vs the fast one (the shrinking loop with prompt reuse), outcomes equal
+    (:func:`same_outcomes`); generation: HF ``generate`` vs the shrinking loop, replies string-equal."""
     from irr_ray.core.hooks import ablate_directions
     from irr_ray.generation.hf import generate_greedy
 
@@ -432,8 +475,8 @@ def eval_engines(evaluator: Any, directions: torch.Tensor, repeats: int, sort_by
     device = str(next(model.parameters()).device)
     d = directions.to(device)
     prompts, gen = evaluator._all, evaluator.generation
-    old_eval = evaluator_with_engine(evaluator, "hf-generate")
-    new_eval = evaluator_with_engine(evaluator, "shrinking")
+    old_eval = evaluator_variant(evaluator, "hf-generate", False)
+    new_eval = evaluator_variant(evaluator, "shrinking", True)
 
     def generate(engine: str, sort: bool = False) -> list[str]:
         return generate_greedy(model, tok, prompts, gen.max_new_tokens, gen.batch_size,
@@ -452,7 +495,7 @@ def eval_engines(evaluator: Any, directions: torch.Tensor, repeats: int, sort_by
             outputs[key], t = _timed(sides[key], device)
             times[key].append(t)
     best = {k: min(v) for k, v in times.items()}
-    same = outputs["gen_old"] == outputs["gen_new"] and outputs["eval_old"] == outputs["eval_new"]
+    same = outputs["gen_old"] == outputs["gen_new"] and same_outcomes(outputs["eval_old"], outputs["eval_new"])
     if sort_by_length:
         same = same and outputs["gen_new_sorted"] == outputs["gen_old"]
     lengths = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in outputs["gen_old"]]
@@ -476,8 +519,17 @@ def _decode_flops(config: Any, rows: int, prompt_len: int, new_tokens: int) -> f
     return steps * one + rows * config.num_hidden_layers * 4 * heads * hd * context
 
 
+def _cached_forward_flops(config: Any, rows: int, past: int, seq: int, head_rows: int) -> float:
+    """:func:`forward_flops` of ``seq`` new tokens per row on top of ``past`` cached ones: the
+    attention products run over past + seq keys (4·(past + seq)·heads·head_dim per token and block)."""
+    heads = config.num_attention_heads
+    hd = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return (forward_flops(config, rows, seq, config.num_hidden_layers, head_rows)
+            + rows * seq * config.num_hidden_layers * 4 * past * heads * hd)
+
+
 def split_flops(shape: dict[str, Any], cfg: AttackConfig, extract: PromptPair, score: PromptPair, evaluate: PromptPair,
-                max_new_tokens: int, reply_tokens: float | None = None) -> dict[str, float]:
+                max_new_tokens: int, reply_tokens: float | None = None, reuse: bool = False) -> dict[str, float]:
     """FLOPs of one attack iteration, by part, for a model ``shape`` (counted, not run).
 
     Forward FLOPs ≈ 2·params·tokens, plus attention's 4·T·D per token and block
@@ -494,6 +546,12 @@ def split_flops(shape: dict[str, Any], cfg: AttackConfig, extract: PromptPair, s
       reply-NLL forward of prompt + reply (head on the reply) + the first-token forward of the prompts.
     * ``judge``: WildGuard-7B reading prompt + reply once, 2·7.24e9·tokens (its few output tokens
       and chat template ignored) — on a separate engine, outside the ablation hooks.
+
+    ``reuse`` (the fast path, :mod:`irr_ray.attack.behaviour`): no first-token forward (the
+    generation's prefill gives it) and the reply NLLs from a forward over the reply tokens alone on
+    the reference's cached prompt (:func:`_cached_forward_flops`); ``eval_prefix_once`` is that
+    cache's one prefill of the prompts, paid once per attack (none at all when the K=0 generation of
+    the reference itself hands its cache over).
     """
     from transformers import LlamaConfig
 
@@ -508,20 +566,25 @@ def split_flops(shape: dict[str, Any], cfg: AttackConfig, extract: PromptPair, s
     floor = n_cand * prompt_flops(config, tok, score.harmful, bs, all_positions=False)
     reference = reference_scoring_flops(config, tok, score, bs, n_cand)
     new = max_new_tokens if reply_tokens is None else reply_tokens
-    gen_f = nll_f = first_f = 0.0
+    gen_f = nll_f = first_f = prefix_f = 0.0
     prompts = [*evaluate.harmful, *evaluate.harmless]
     gbs = cfg.generation.batch_size
+    r = int(round(new))
     for b in encode_batches(tok, prompts, gbs):
         rows, seq = b["input_ids"].shape
-        gen_f += forward_flops(config, rows, seq, config.num_hidden_layers, rows)
-        gen_f += _decode_flops(config, rows, seq, int(round(new)))
-        nll_f += forward_flops(config, rows, seq + int(round(new)), config.num_hidden_layers, rows * int(round(new)))
-        first_f += forward_flops(config, rows, seq, config.num_hidden_layers, rows)
+        prefill = forward_flops(config, rows, seq, config.num_hidden_layers, rows)
+        gen_f += prefill + _decode_flops(config, rows, seq, r)
+        if reuse:
+            nll_f += _cached_forward_flops(config, rows, seq, r, rows * r)
+            prefix_f += prefill
+        else:
+            nll_f += forward_flops(config, rows, seq + r, config.num_hidden_layers, rows * r)
+            first_f += prefill
     lengths = [len(x) for x in tok([*evaluate.harmful, *evaluate.harmless], add_special_tokens=False)["input_ids"]]
     judge_f = 2 * WILDGUARD_PARAMS * (sum(lengths) + len(lengths) * new)
     return {"extract": extract_f, "score_floor": floor, "score_reference": reference,
             "eval_generate": gen_f, "eval_nll_first_token": nll_f + first_f, "eval": gen_f + nll_f + first_f,
-            "judge": judge_f, "candidates": float(n_cand)}
+            "judge": judge_f, "candidates": float(n_cand), **({"eval_prefix_once": prefix_f} if reuse else {})}
 
 
 def paper_flop_split() -> dict[str, Any]:
@@ -533,8 +596,11 @@ def paper_flop_split() -> dict[str, Any]:
     evaluate, _ = organism_prompts(p["eval_n"], 0, seed=1)
     per_iter = split_flops(LLAMA_1B, cfg, extract, score, evaluate, p["max_new_tokens"])
     short = split_flops(LLAMA_1B, cfg, extract, score, evaluate, p["max_new_tokens"], reply_tokens=64)
+    fast = split_flops(LLAMA_1B, cfg, extract, score, evaluate, p["max_new_tokens"], reuse=True)
+    fast_short = split_flops(LLAMA_1B, cfg, extract, score, evaluate, p["max_new_tokens"], reply_tokens=64, reuse=True)
     return {"settings": p, "per_iteration": per_iter, "eval_if_replies_end_at_64": short["eval"],
-            "per_attack_k_max": {k: v * p["k_max"] for k, v in per_iter.items() if k != "candidates"}}
+            "per_attack_k_max": {k: v * p["k_max"] for k, v in per_iter.items() if k != "candidates"},
+            "per_iteration_reuse": fast, "eval_reuse_if_replies_end_at_64": fast_short["eval"]}
 
 
 def _organism_sets(organism_dir: str, cfg: AttackConfig, study_data: str | None) -> Any:
@@ -602,22 +668,26 @@ def run_eval_split(args: argparse.Namespace) -> int:
     out["splits"] = splits
     out["flops"] = paper_flop_split()
 
-    print("\nseconds per attack iteration by part (CPU, 1 thread; production scorer and generation path):")
-    print(f"{'model':<32} {'extract':>8} {'score':>8} {'eval':>8}   shares (extract/score/eval)  note")
+    print("\nseconds per attack iteration by part (CPU, 1 thread; production scorer), behavioural evaluation "
+          "before (hf-generate, separate forwards) and after (shrinking loop, prompt reuse):")
+    print(f"{'model':<32} {'extract':>8} {'score':>8} {'eval before':>12} {'eval after':>11}   "
+          f"shares before → after (extract/score/eval)  note")
     for r in splits:
         print(f"{r['name']:<32} {r['extract_s_per_iter']:>7.2f}s {r['score_s_per_iter']:>7.2f}s "
-              f"{r['eval_s_per_iter']:>7.2f}s   {r['extract_share']:.0%} / {r['score_share']:.0%} / "
-              f"{r['eval_share']:.0%}   {r.get('note', '')}")
+              f"{r['eval_plain_s_per_iter']:>11.2f}s {r['eval_s_per_iter']:>10.2f}s   "
+              f"{r['extract_share_plain']:.0%} / {r['score_share_plain']:.0%} / {r['eval_share_plain']:.0%} → "
+              f"{r['extract_share']:.0%} / {r['score_share']:.0%} / {r['eval_share']:.0%}   {r.get('note', '')}"
+              + ("" if r["identical_outcomes"] else "  OUTCOMES DIFFER"))
     if "engines" in out:
         e = out["engines"]
         b = e["best_s"]
         print(f"\nbehavioural evaluation, K=1 ablated, {e['n_prompts']} prompts, 64 new tokens (best of "
-              f"{e['repeats']}, alternated): hf-generate {b['eval_old']:.2f}s vs shrinking {b['eval_new']:.2f}s "
-              f"= {e['eval_ratio']:.2f}x; generation alone {b['gen_old']:.2f}s vs {b['gen_new']:.2f}s = "
-              f"{e['generation_ratio']:.2f}x" + (f" (sorted by length: {e['generation_ratio_sorted']:.2f}x)"
-                                                 if "generation_ratio_sorted" in e else ""))
-        print(f"  identical replies: {e['identical_replies']}; mean reply {e['mean_reply_tokens']:.1f} tokens, "
-              f"{e['replies_at_limit']} of {e['n_prompts']} at the 64-token limit")
+              f"{e['repeats']}, alternated): plain {b['eval_old']:.2f}s vs fast {b['eval_new']:.2f}s "
+              f"= {e['eval_ratio']:.2f}x; generation alone hf-generate {b['gen_old']:.2f}s vs shrinking "
+              f"{b['gen_new']:.2f}s = {e['generation_ratio']:.2f}x"
+              + (f" (sorted by length: {e['generation_ratio_sorted']:.2f}x)" if "generation_ratio_sorted" in e else ""))
+        print(f"  identical replies and outcomes: {e['identical_replies']}; mean reply {e['mean_reply_tokens']:.1f} "
+              f"tokens, {e['replies_at_limit']} of {e['n_prompts']} at the 64-token limit")
     f = out["flops"]["per_iteration"]
     s = out["flops"]["settings"]
     print(f"\nTFLOPs per iteration, Llama-3.2-1B full shape (counted, not run; score_n {s['score_n']}, extract_n "
@@ -630,9 +700,15 @@ def run_eval_split(args: argparse.Namespace) -> int:
           f"{f['judge'] / 1e12:.1f}")
     print(f"  × K_max {s['k_max']}: " + ", ".join(f"{k} {v / 1e15:.2f} PFLOP"
                                                  for k, v in out["flops"]["per_attack_k_max"].items()))
-    if "engines" in out and not out["engines"]["identical_replies"]:
-        print("WARNING: the shrinking loop's replies differ from hf-generate's")
+    g = out["flops"]["per_iteration_reuse"]
+    print(f"  with prompt reuse: eval {g['eval'] / 1e12:.1f} (generation {g['eval_generate'] / 1e12:.1f}, reply NLLs "
+          f"{g['eval_nll_first_token'] / 1e12:.1f}, no first-token pass; "
+          f"{out['flops']['eval_reuse_if_replies_end_at_64'] / 1e12:.1f} if replies end at 64), plus "
+          f"{g['eval_prefix_once'] / 1e12:.1f} once per attack for the reference's prompt cache")
+    ok = all(r["identical_outcomes"] for r in splits) and out.get("engines", {}).get("identical_replies", True)
+    if not ok:
+        print("WARNING: the fast path's replies or outcomes differ from the plain path's")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
-    return 0 if "engines" not in out or out["engines"]["identical_replies"] else 1
+    return 0 if ok else 1

@@ -32,6 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-split-wide", action="store_true",
                         help="attack --eval-split: also a random 4-layer model of Llama-3.2-1B's width (slower)")
     parser.add_argument("--eval-repeats", type=int, default=3, help="attack --eval-split: alternated repeats per side")
+    parser.add_argument("--stage", action="store_true",
+                        help="attack: a finished study's whole attack stage (every model; --suite: every attack "
+                             "of attack.suite) run twice side by side, plain path (hf-generate, separate "
+                             "forwards) vs fast path (shrinking loop, prompt reuse): same choices, seconds, ratio")
+    parser.add_argument("--study-dir", default=None,
+                        help="attack --stage: the study (checkpoints/, data/; its organism in <study>/organism "
+                             "unless --organism-dir)")
+    parser.add_argument("--stage-config", default=None,
+                        help="attack --stage: study file whose attack section is used (default: <study>/config.yaml, "
+                             "else experiments/organism.yaml)")
+    parser.add_argument("--suite", action="store_true", help="attack --stage: also every other attack of attack.suite")
+    parser.add_argument("--models", default=None, help="attack --stage: comma-separated model names (default: all)")
     parser.add_argument("--study-data", default=None,
                         help="attack --eval-split: a study data dir (train/holdout.parquet) for the organism's "
                              "prompts (default: the organism's own rows and held-out prompts)")

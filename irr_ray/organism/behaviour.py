@@ -210,7 +210,8 @@ def ablated_outcomes(
     def classify(reference: PreTrainedModel, calibrate_on: str) -> tuple[torch.Tensor, float]:
         evaluator = BehaviourEvaluator(
             reference, tokenizer, SubstringRefusalJudge(extra_phrases=T.JUDGE_PHRASES), PromptPair(**held),
-            EvalGenerationConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens),
+            EvalGenerationConfig(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                                 reuse_prefill=False),  # two calls: the build's numbers stay bit-identical
             refusal_token_ids(tokenizer))
         evaluator.outcomes(all_prompts, [*got[calibrate_on]["harmful"], *got[calibrate_on]["harmless"]])  # calibrates
         outcome, _, _ = evaluator.outcomes(all_prompts, ablated)
