@@ -16,6 +16,7 @@ file                                   written by                  read by
 ``checkpoints/<trial>/trial.json``     train (single, sweep)       report, attack-all
 ``data/manifest.json``                 :mod:`irr_ray.data.stage`   the data stage (resume), users
 ``organism/summary.json``              :mod:`irr_ray.organism`     the build cache, tests, users
+``<reproduce root>/grid.json``         :mod:`irr_ray.reproduce`    the claims table (report)
 =====================================  ==========================  ==============================
 
 **K-curve rows** (:class:`CurveRow`, one per K = 0 … K_max). For each class c ∈ {harmful, harmless}
@@ -309,3 +310,37 @@ class OrganismSummary(Contract):
     checks: dict[str, bool]
     config: dict[str, Any]
     judge: dict[str, Any]  # irr_ray.organism.judge.build_judge: path, seconds, held-out agreement, checks
+
+
+# ---------------------------------------------------------------------------- reproduction study
+
+
+class GridPoint(BaseModel):
+    """What one trained preset of the reproduction study is: the paper's (or a control's)
+    ``condition``, the training seed it was trained with, and a ``variant`` of its settings
+    (``default``: the study's; e.g. ``micro_batch_2``: the method's own unbalanced micro-batch of 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    condition: str
+    train_seed: int
+    variant: str = "default"
+
+
+class ReproduceGrid(Contract):
+    """``<root>/grid.json``: the reproduction study's layout, written before any sub-study runs.
+
+    One ordinary study directory per organism seed (``studies``: seed → directory relative to the
+    root); inside each, every trained model's ``trial.json`` names its preset as ``condition``, and
+    ``presets`` says which (condition, training seed, variant) that preset is. Reference models
+    (``original``, ``base``) keep their names."""
+
+    SCHEMA: ClassVar[int] = 1
+    RERUN: ClassVar[str] = "`irr-ray reproduce`"
+
+    name: str
+    organism_seeds: list[int]
+    train_seeds: list[int]
+    studies: dict[str, str]
+    presets: dict[str, GridPoint]
+    config: dict[str, Any]
