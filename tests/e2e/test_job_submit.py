@@ -6,7 +6,8 @@ The study is ``experiments/organism-vllm.yaml`` where vLLM's CPU build and the w
 installed (``make test`` installs both), uploaded with the ``organism.yaml`` it extends: the data
 stage's generation and judge pools on vLLM actors, WildGuard-format judging with the organism's own
 judge (``{organism}/judge``), every K of the attack generated on vLLM from a weight-orthogonalised
-checkpoint — the whole study on the paper's stack, for real. Without them it is
+checkpoint — the whole study on the paper's stack, for real (the method's attack; the rest of the
+suite is tested on HF generation). Without them it is
 ``experiments/organism.yaml`` (HF generation, substring judge). The head is started here
 (`tests/e2e/local_head.py`) and stopped when the test ends, so nothing outlives it.
 """
@@ -26,12 +27,15 @@ REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "experiments"
 ON_VLLM = importlib.util.find_spec("vllm") is not None and importlib.util.find_spec("wildguard") is not None
 STUDY_FILES = ("organism-vllm.yaml", "organism.yaml") if ON_VLLM else ("organism.yaml",)
-# Shrinks the study to a smoke-sized one: 1 trial of 1 epoch, a 2-direction attack
-# on small prompt sets. The organism itself is the suite's cached one (`organism_dir` fixture).
+# Shrinks the study to a smoke-sized one: 1 trial of 1 epoch, the method's attack (`dim`) up to 2
+# directions on small prompt sets. The suite's other attacks run through the same task group in
+# tests/attack/suite/test_taskgroup_suite.py; on vLLM every attack task starts a fresh worker
+# (import torch + vLLM, engine start), so each one left out here saves about a minute of `make test`.
+# The organism itself is the suite's cached one (`organism_dir` fixture).
 REDUCED = ["data.max_samples=400", "sweep.num_samples=1", "sweep.max_concurrent_trials=1",
            "sweep.points_to_evaluate=[cov_kd]", "train.epochs=1", "train.max_train_samples=64",
            "train.eval.n_per_class=8", "attack.k_max=2", "attack.extract_n=32", "attack.score_n=8",
-           "attack.eval_n=32", "attack.suite=[dim,orthogonalize]", "attack.orthogonalize.budgets=[1]"]
+           "attack.eval_n=32", "attack.suite=[dim]"]
 JOB_TIMEOUT_S = 1800
 
 pytestmark = [pytest.mark.slow]  # a missing or renamed study file fails the test (shutil.copy), never skips it
@@ -55,8 +59,6 @@ def test_ray_job_submit_runs_a_reduced_organism_study(tmp_path: Path, organism_d
 
     attacks = sorted(p.parent.name for p in (study / "attacks").glob("*/attack.json"))
     assert {"original", "base"} <= set(attacks) and len(attacks) >= 3, attacks
-    suite = sorted(p.parent.parent.name for p in (study / "attacks").glob("*/orthogonalize/attack.json"))
-    assert suite == attacks, suite  # the suite ran on every model, with a profile each
     assert all((study / "attacks" / name / "profile.json").is_file() for name in attacks)
     assert (study / "report.md").is_file() and (study / "pareto.png").is_file()
     assert "attack_rank" in job.logs  # the report table printed at the end of the run
