@@ -111,3 +111,22 @@ def test_organism_dir_needs_a_seed_placeholder_for_several_seeds(tmp_path: Path)
     cfg = load_reproduce(REPRODUCE_YAML, ["organism_dir=cache/org-{seed}"], organism_seeds=[1])
     (study, _), = build_grid(cfg, tmp_path, cwd=tmp_path).studies.values()
     assert study.organism.dir == str(tmp_path / "cache" / "org-1")
+
+
+def test_resume_merges_organism_seeds_and_refuses_a_changed_grid(tmp_path: Path) -> None:
+    from irr_ray.errors import IrrRayError
+    from irr_ray.reproduce.runner import _merged_grid
+
+    root = tmp_path / "root"
+    first = build_grid(load_reproduce(REPRODUCE_YAML, organism_seeds=[0]), root).doc
+    root.mkdir()
+    first.write(root / "grid.json")
+    later = build_grid(load_reproduce(REPRODUCE_YAML, organism_seeds=[2]), root).doc
+    with pytest.raises(IrrRayError, match="pass --resume"):
+        _merged_grid(later, root, resume=False)
+    merged = _merged_grid(later, root, resume=True)
+    assert merged.organism_seeds == [0, 2] and merged.config["organism_seeds"] == [0, 2]
+    assert merged.studies == {"0": "organism-seed0", "2": "organism-seed2"}
+    changed = build_grid(load_reproduce(REPRODUCE_YAML, ["train_seeds=[0]"], organism_seeds=[0]), root).doc
+    with pytest.raises(IrrRayError, match=r"different config .* \(changed: train_seeds\)"):
+        _merged_grid(changed, root, resume=True)
