@@ -74,3 +74,13 @@ def test_old_trial_json_with_an_int_count_still_reads() -> None:
     doc = TrialDoc(name="t", condition="cov_kd", config={}, source_model="m", metrics={}, epochs_completed=1,
                    degenerate_steps=3)
     assert doc.degenerate_fraction() is None
+
+
+def test_plan_counts_every_row_of_a_shuffled_stream() -> None:
+    from irr_ray.data.config import DataConfig
+    from irr_ray.plan.flops import training_rows
+
+    data = DataConfig(max_samples=1200, train_frac=0.8)
+    shuffled = build_config(TrainConfig, {"micro_batch": 1, "batching": "shuffled", "max_train_samples": 501})
+    assert training_rows(data, shuffled, 5000) == 501
+    assert training_rows(data, build_config(TrainConfig, {"micro_batch": 32, "max_train_samples": 501}), 5000) == 480
