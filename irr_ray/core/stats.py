@@ -1,4 +1,4 @@
-"""Binomial confidence intervals for refusal rates.
+"""Confidence intervals: binomial ones for refusal rates, and Student-t ones for a mean over seeds.
 
 A refusal rate is k refusals out of n judged prompts. The Wilson score interval (Wilson, 1927)
 inverts the normal test of p̂ = k/n around the true p, so it stays inside [0, 1] and keeps its
@@ -12,8 +12,10 @@ a point there). For z the standard-normal quantile (1.96 for 95%):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-__all__ = ["wilson_interval"]
+__all__ = ["MeanInterval", "mean_interval", "wilson_interval"]
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -36,3 +38,47 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     low = 0.0 if k == 0 else max(0.0, centre - half)
     high = 1.0 if k == n else min(1.0, centre + half)
     return low, high
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """The mean of ``n`` values and its 95% interval (``low``/``high`` None when ``n < 2``)."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+
+    def contains(self, value: float) -> bool:
+        """``value`` lies in the interval (for ``n < 2``: equals the one value)."""
+        if self.low is None or self.high is None:
+            return math.isclose(self.mean, value, abs_tol=1e-9)
+        return self.low - 1e-9 <= value <= self.high + 1e-9
+
+    def label(self, digits: int = 2) -> str:
+        """``0.98 [0.95, 1.00]`` (``0.98 (n=1)`` without an interval)."""
+        if self.low is None or self.high is None:
+            return f"{self.mean:.{digits}f} (n={self.n})"
+        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInterval:
+    """Mean of ``values`` (e.g. one per seed) with its Student-t interval.
+
+    For n values with sample standard deviation s, the interval is
+    ``mean ± t_{(1+confidence)/2, n−1} · s / sqrt(n)`` (Student, 1908): the seeds are few, so the
+    normal quantile would be too narrow. Equal values give a zero-width interval; ``n = 1`` gives
+    none (``low``/``high`` None) — one seed says nothing about the spread across seeds.
+    """
+    from scipy.stats import t as student_t
+
+    xs = [float(v) for v in values]
+    if not xs:
+        raise ValueError("mean_interval needs at least one value")
+    n = len(xs)
+    mean = sum(xs) / n
+    if n < 2:
+        return MeanInterval(mean, None, None, n)
+    var = sum((x - mean) ** 2 for x in xs) / (n - 1)
+    half = float(student_t.ppf((1 + confidence) / 2, n - 1)) * math.sqrt(var / n)
+    return MeanInterval(mean, mean - half, mean + half, n)
