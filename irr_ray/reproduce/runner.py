@@ -116,7 +116,8 @@ def _finished(root: Path, seed: int, config_hash: str) -> bool:
 
 
 def write_claims_table(root: Path) -> str:
-    """The claims hook: ``irr_ray.report.claims.write_claims(root)`` when that module exists."""
+    """The claims hook: ``irr_ray.report.claims.write_claims(root)`` (imported here, when it
+    exists) writes ``claims.md`` / ``claims.json`` / ``report.md`` under the root; returns what to print."""
     try:
         from irr_ray.report.claims import write_claims
     except ModuleNotFoundError as exc:
@@ -125,8 +126,8 @@ def write_claims_table(root: Path) -> str:
         return "claims table: not available"
     except ImportError:  # the module is there without write_claims
         return "claims table: not available"
-    out = write_claims(root)
-    return f"claims table: {out}" if out is not None else "claims table: written"
+    text = write_claims(root)
+    return f"{text.rstrip()}\n\nclaims table: {root / 'claims.md'}" if text else f"claims table: {root / 'claims.md'}"
 
 
 def run_reproduce(config_path: str | Path, root: str | Path | None = None, overrides: Sequence[str] | None = None,
