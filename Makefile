@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 STUDY_DIR ?= studies/organism
 
-.PHONY: demo test venv dev lint bench clean cpu-vllm-constraints
+.PHONY: demo reproduce test venv dev lint bench clean cpu-vllm-constraints
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ dev: $(DEVSTAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/irr-ray run experiments/organism.yaml --study-dir $(STUDY_DIR) --resume
+
+# The reproduction study (experiments/reproduce.yaml): one study per organism seed under
+# studies/reproduce; rerun to resume.
+reproduce: $(STAMP)
+	$(VENV)/bin/irr-ray reproduce experiments/reproduce.yaml --root studies/reproduce --resume
 
 test: $(DEVSTAMP)
 	bash .ci/ensure-chromium

@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "attack": "iterated directional-ablation attack on one model",
     "attack-all": "attack every model of a study as a Ray task group",
     "run": "run a whole study (data -> sweep -> attack -> track -> report)",
+    "reproduce": "the reproduction study: organism seeds x training seeds x the method's conditions",
     "plan": "per stage FLOPs, GPU-hours and wall time of a study on N GPUs (size a cluster)",
     "report": "report table + Pareto plot of a study",
     "ui": "serve the study overview and its MLflow UI on 127.0.0.1",

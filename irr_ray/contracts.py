@@ -255,7 +255,16 @@ class TrialDoc(Contract):
     sampled: dict[str, Any] | None = None
     tune_checkpoint: str | None = None
     config_hash: str | None = None
+    # {"count": micro-batches with an undefined matching statistic, "steps": micro-batches trained};
+    # an int (the count alone) in trial.json files written before the total was recorded
     degenerate_steps: dict[str, Any] | int | None = None
+
+    def degenerate_fraction(self) -> float | None:
+        """Share of trained micro-batches whose matching statistic was undefined (None: unknown)."""
+        d = self.degenerate_steps
+        if isinstance(d, dict) and d.get("steps"):
+            return float(d.get("count", 0)) / float(d["steps"])
+        return None
 
     def knob(self, name: str) -> Any:
         """A training knob as trained (``config``), e.g. ``lambda_cov``."""

@@ -158,10 +158,13 @@ def data_stage(data: DataConfig, source: ModelShape, judge_shape: ModelShape | N
 
 def training_rows(data: DataConfig, train: TrainConfig, available_rows: int) -> int:
     """Training prompts per epoch: train_frac of the generated rows, less the validation slice
-    (2·n_per_class), capped at ``max_train_samples``, in whole class-balanced micro-batches."""
+    (2·n_per_class), capped at ``max_train_samples``, in whole class-balanced micro-batches (every
+    row with ``batching: shuffled``, the method's stream; its last micro-batch may be shorter)."""
     rows = int(generated_rows(data, available_rows) * data.train_frac) - 2 * train.eval.n_per_class
     if train.max_train_samples is not None:
         rows = min(rows, train.max_train_samples)
+    if train.batching == "shuffled":
+        return max(0, rows)
     half = train.micro_batch // 2
     return max(0, (rows // 2) // half) * train.micro_batch
 

@@ -9,6 +9,12 @@ matches statistics per micro-batch, with the same effective batch: 8 (4 harmful 
 × 16 accumulation steps = 128. ``micro_batch`` must be even, ≥ 2 for mean matching and ≥ 4 for
 covariance matching; every micro-batch then defines both penalties (0 degenerate steps).
 
+``batching: shuffled`` is the method's own convention, kept as a named option so its effect can be
+measured: one seeded permutation of all training rows per epoch, cut into consecutive micro-batches
+of ``micro_batch`` (any size ≥ 1, last one possibly shorter). The even / ≥ 4-for-cov checks do not
+apply; a micro-batch that defines no class statistic is counted in ``degenerate_steps`` (with
+micro-batch 2 and covariance matching: every one of them, so the matching term is identically zero).
+
 The organism's scaled-down values live in ``experiments/organism.yaml`` (``train:`` / ``sweep:``).
 A trial's config is a typed :class:`TrainConfig` with its sampled knobs applied by
 :meth:`TrainConfig.with_knobs` (validated, no dict round trip).
@@ -27,6 +33,9 @@ from irr_ray.config import StrictModel, build_config
 Matching = Literal["none", "mean", "cov"]
 # The penalty's norm: the same values as irr_ray.core.losses.PenaltyKind (not imported: no torch here).
 PenaltyKind = Literal["l1", "l2"]
+# How training rows become micro-batches (irr_ray.train.data.epoch_batches): class-balanced (the
+# platform's) or one shuffled stream of both classes (the method's code).
+Batching = Literal["balanced", "shuffled"]
 # Refusal-direction ablation during training (irr_ray.train.defenses): none, ReFAT (every layer and
 # position of a chosen harmful example) or DeepRefusal-style random layers and positions.
 Ablation = Literal["none", "refat", "random"]
@@ -95,7 +104,10 @@ class TrainConfig(StrictModel):
     lr: float = Field(2e-5, gt=0.0, description="AdamW learning rate (paper: 2e-5)")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (paper: 0.01)")
     epochs: int = Field(20, ge=0, description="passes over the training set (0 = export the source model)")
-    micro_batch: int = Field(8, ge=2, description="class-balanced micro-batch (half harmful), even")
+    micro_batch: int = Field(8, ge=1, description="micro-batch; balanced batching: even, half harmful")
+    batching: Batching = Field(
+        "balanced", description="balanced: micro_batch/2 of each class (statistics always defined) | shuffled: "
+                                "the method's one shuffled stream of both classes (degenerate steps counted)")
     grad_accum: int = Field(16, ge=1, description="micro-batches per optimizer step (8 x 16 = paper's 128)")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="linear warm-up share of all steps")
     max_grad_norm: float = Field(1.0, gt=0.0, description="gradient clipping (global L2 norm)")
@@ -145,9 +157,12 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _statistics_defined(self) -> TrainConfig:
-        if self.micro_batch % 2:
+        # batching=shuffled is the method's convention: any micro-batch; a micro-batch that defines
+        # no class statistic is counted (trainer.degenerate_steps), not refused
+        balanced = self.batching == "balanced"
+        if balanced and self.micro_batch % 2:
             raise ValueError(f"micro_batch must be even (half harmful, half harmless), got {self.micro_batch}")
-        if self.match == "cov" and self.micro_batch < 4:
+        if balanced and self.match == "cov" and self.micro_batch < 4:
             raise ValueError(
                 f"match=cov needs >= 2 samples per class in each micro-batch: set micro_batch >= 4 "
                 f"(got {self.micro_batch}; the method's 2 makes the covariance term identically zero)")

@@ -9,6 +9,10 @@ Batches are class-balanced: every micro-batch holds ``micro_batch / 2`` prompts 
 so the class means (≥ 1 per class) and unbiased class covariances (≥ 2 per class) the matching
 loss compares are defined at every step. Each epoch reshuffles both classes with a seed derived
 from ``(seed, epoch)``, so a trial resumed at an epoch boundary sees the same batches.
+``batching: shuffled`` (:func:`shuffled_batches`) is the method's own convention instead: one
+seeded permutation of both classes per epoch cut into consecutive micro-batches, so a micro-batch
+may hold fewer than two (or no) prompts of a class and its statistics are undefined — the trainer
+counts those as degenerate steps. :func:`epoch_batches` picks by ``TrainConfig.batching``.
 The validation slice is a fixed, seeded, class-balanced subset of ``train.parquet`` held out of
 training — never ``holdout.parquet``, which belongs to the final evaluation and attack.
 """
@@ -208,3 +212,27 @@ def class_balanced_batches(labels: np.ndarray, micro_batch: int, seed: int, epoc
                             neg[: n_batches * half].reshape(n_batches, half)], axis=1)
     order = rng.permuted(pairs, axis=1)
     return list(order)
+
+
+def shuffled_batches(n_rows: int, micro_batch: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """One epoch the method's way: a permutation of all ``n_rows`` (both classes mixed), seeded by
+    ``(seed, epoch)``, cut into consecutive micro-batches of ``micro_batch`` (the last one shorter
+    when it does not divide, as a DataLoader without ``drop_last``). Class counts per micro-batch
+    are whatever the shuffle gives."""
+    if micro_batch < 1:
+        raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+    if n_rows < 1:
+        raise DataValidationError("no training prompts to batch")
+    order = np.random.default_rng([seed, epoch, 130363]).permutation(n_rows)
+    return [order[i:i + micro_batch] for i in range(0, n_rows, micro_batch)]
+
+
+def epoch_batches(labels: np.ndarray, micro_batch: int, seed: int, epoch: int,
+                  batching: str = "balanced") -> list[np.ndarray]:
+    """The epoch's micro-batches by ``train.batching``: ``balanced`` (:func:`class_balanced_batches`)
+    or ``shuffled`` (:func:`shuffled_batches`)."""
+    if batching == "shuffled":
+        return shuffled_batches(len(labels), micro_batch, seed, epoch)
+    if batching != "balanced":
+        raise ValueError(f"unknown batching {batching!r} (balanced | shuffled)")
+    return class_balanced_batches(labels, micro_batch, seed, epoch)

@@ -136,6 +136,7 @@ class TrainingRun:
         metrics.update({
             "epoch": float(self.epoch),
             "degenerate_steps_total": float(self.trainer.state.degenerate_steps),
+            "micro_steps_total": float(self.trainer.state.micro_steps),
             "time/train_s": t1 - t0,
             "time/eval_s": t2 - t1,
             "time/eval_frac": (t2 - t1) / max(t1 - t0, 1e-9),
@@ -151,6 +152,6 @@ class TrainingRun:
         """A training checkpoint in ``path``; ``extra`` holds :class:`~irr_ray.contracts.TrialDoc`
         fields (``name``, ``condition``, ``metrics``, MLflow ids, ``config_hash``, …)."""
         fields: dict[str, Any] = {"name": Path(path).name, "condition": None, "source_model": self.cfg.model,
-                                  "metrics": {}, "degenerate_steps": self.trainer.state.degenerate_steps}
+                                  "metrics": {}, "degenerate_steps": self.trainer.state.degenerate_record()}
         doc = TrialDoc(config=config_dict(self.cfg), epochs_completed=self.epoch, **{**fields, **(extra or {})})
         save_training_checkpoint(path, self.trainer, self.tokenizer, doc)

@@ -40,7 +40,7 @@ def train_resumable(
     """The resumable epoch loop shared by every trainer (refusal study and sentiment).
 
     ``make_run(resume_from)`` builds a run object with ``epoch``, ``finished``, ``run_epoch()``,
-    ``evaluate()``, ``save(dir, extra)`` and ``trainer.state.degenerate_steps``. The last finished
+    ``evaluate()``, ``save(dir, extra)`` and ``trainer.state`` (a :class:`~irr_ray.train.trainer.TrainState`). The last finished
     epoch is saved atomically to ``.<out>.work/``; the finished model is exported to ``out`` with
     ``trial.json`` (a :class:`TrialDoc`, returned); a finished ``out`` with the same ``config_hash``
     is returned as is.
@@ -69,7 +69,7 @@ def train_resumable(
             run.save(tmp, extra={**extra, "metrics": metrics})
     trial = TrialDoc(name=out.name, condition=condition, config=config_dict(cfg), config_hash=config_hash,
                      source_model=cfg.model, metrics=metrics, epochs_completed=run.epoch,
-                     degenerate_steps=run.trainer.state.degenerate_steps, **(trial_extra or {}))
+                     degenerate_steps=run.trainer.state.degenerate_record(), **(trial_extra or {}))
     export_checkpoint(work, out, trial)
     shutil.rmtree(work, ignore_errors=True)
     if verbose:

@@ -1,6 +1,6 @@
 """The method's fine-tune of one condition, as a small loop of overridable steps (TRL style).
 
-Per class-balanced micro-batch of prompt-only chat inputs (left-padded, ``B = micro_batch``)::
+Per micro-batch (class-balanced, or the method's shuffled stream: ``train.batching``) of prompt-only chat inputs (left-padded, ``B = micro_batch``)::
 
     loss = LM(prompt tokens)                                   labels = input_ids, padding ignored
          + λ_mean · P_mean(pooled)          if match = mean     P over hidden_states[1:] (or the last)
@@ -42,7 +42,7 @@ from transformers import get_linear_schedule_with_warmup
 from irr_ray.core.losses import PenaltyResult, kd_loss, layer_penalty
 from irr_ray.core.readouts import mixed_readout_weights, sample_readout_plan
 from irr_ray.train.config import TrainConfig
-from irr_ray.train.data import Batch, PromptSet, class_balanced_batches
+from irr_ray.train.data import Batch, PromptSet, epoch_batches
 from irr_ray.train.defenses import AblationDefense
 from irr_ray.train.replies import ReplyTargets, reply_kd
 
@@ -90,16 +90,24 @@ def teacher_logits(model: nn.Module, prompts: PromptSet, batch_size: int, device
 @dataclass
 class TrainState:
     """Progress that a checkpoint restores: completed epochs, optimizer steps, how many
-    micro-batches had a degenerate matching penalty (a class with too few samples) and how many
-    refusal-direction estimates the ablation defenses made."""
+    micro-batches had a degenerate matching penalty (a class with too few samples) out of how many
+    micro-batches were trained (``micro_steps``: the denominator of the degenerate fraction; 0 in
+    a checkpoint written before it was counted) and how many refusal-direction estimates the
+    ablation defenses made."""
 
     epoch: int = 0
     global_step: int = 0
     degenerate_steps: int = 0
     refat_estimates: int = 0
+    micro_steps: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def degenerate_record(self) -> dict[str, int]:
+        """``trial.json``'s ``degenerate_steps``: ``count`` micro-batches whose matching statistic
+        was undefined out of ``steps`` micro-batches trained (the fraction is count / steps)."""
+        return {"count": self.degenerate_steps, "steps": self.micro_steps}
 
 
 class Trainer:
@@ -120,7 +128,7 @@ class Trainer:
         self.dtype = compute_dtype(cfg, device)
         self.defense = AblationDefense(cfg, model, device) if cfg.uses_ablation else None
         self.labels = train_set.labels.numpy()
-        self.micro_per_epoch = len(class_balanced_batches(self.labels, cfg.micro_batch, cfg.seed, 0))
+        self.micro_per_epoch = len(self.epoch_micro_batches(0))
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
         self.optimizer = self.create_optimizer()
         self.scheduler = self.create_scheduler(self.steps_per_epoch * max(cfg.epochs, 1))
@@ -255,9 +263,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    def epoch_micro_batches(self, epoch: int) -> list[np.ndarray]:
+        """Row indices of the epoch's micro-batches (``train.batching``: balanced or shuffled)."""
+        return epoch_batches(self.labels, self.cfg.micro_batch, self.cfg.seed, epoch, self.cfg.batching)
+
     def windows(self, epoch: int) -> Iterator[list[np.ndarray]]:
         """The epoch's micro-batches grouped into optimizer steps of ``grad_accum``."""
-        micro = class_balanced_batches(self.labels, self.cfg.micro_batch, self.cfg.seed, epoch)
+        micro = self.epoch_micro_batches(epoch)
         for i in range(0, len(micro), self.cfg.grad_accum):
             yield micro[i:i + self.cfg.grad_accum]
 
@@ -278,12 +290,13 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         self.model.train()
         sums: dict[str, list[Tensor]] = defaultdict(list)
-        degenerate_before = self.state.degenerate_steps
+        degenerate_before, micro_before = self.state.degenerate_steps, self.state.micro_steps
         for window in self.windows(epoch):
             self.before_step()
             for idx in window:
                 batch = self.train_set.collate(idx, self.device)
                 loss, parts = self.compute_loss(batch, generator)
+                self.state.micro_steps += 1
                 (loss / len(window)).backward()
                 for key, value in parts.items():
                     sums[key].append(value.float())
@@ -292,4 +305,5 @@ class Trainer:
         metrics = {k: float(torch.stack(v).mean()) for k, v in sums.items()}
         metrics["train/lr"] = float(self.scheduler.get_last_lr()[0])
         metrics["train/degenerate_steps"] = float(self.state.degenerate_steps - degenerate_before)
+        metrics["train/micro_batches"] = float(self.state.micro_steps - micro_before)
         return metrics
