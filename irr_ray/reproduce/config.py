@@ -58,6 +58,9 @@ class ReproduceConfig(StrictModel):
     organism_dir: str | None = Field(
         None, description="where each organism is built/cached, with {seed} (relative to the cwd); "
                           "default: <sub-study>/organism")
+    sentiment: dict[str, Any] | None = Field(
+        None, description="the sentiment proof of concept (a sentiment study: file path or mapping with "
+                          "`extends:`), run into <root>/sentiment after the sub-studies; none: not run")
 
     @field_validator("organism_seeds", "train_seeds")
     @classmethod
@@ -90,14 +93,14 @@ def _distinct_seeds(v: list[int]) -> list[int]:
     return v
 
 
-def read_study_section(value: Any, base_dir: Path, source: str) -> dict[str, Any]:
+def read_study_section(value: Any, base_dir: Path, source: str, key: str = "study") -> dict[str, Any]:
     """``study:`` as a mapping: a file path read with its ``extends`` chain, or an inline mapping
     whose ``extends`` (relative to ``base_dir``) is resolved the same way."""
     if isinstance(value, str) and value.strip():
         path = Path(value).expanduser()
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
-            raise ConfigError(f"invalid config {source}: `study: {value}`: file not found ({path})")
+            raise ConfigError(f"invalid config {source}: `{key}: {value}`: file not found ({path})")
         return read_study_file(path)
     if isinstance(value, dict):
         data = copy.deepcopy(value)
@@ -105,13 +108,13 @@ def read_study_section(value: Any, base_dir: Path, source: str) -> dict[str, Any
         if parent is None:
             return data
         if not isinstance(parent, str) or not parent.strip():
-            raise ConfigError(f"invalid config {source}: `study.{EXTENDS}` must be the path of a study file")
+            raise ConfigError(f"invalid config {source}: `{key}.{EXTENDS}` must be the path of a study file")
         path = Path(parent).expanduser()
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
-            raise ConfigError(f"invalid config {source}: `study.{EXTENDS}: {parent}`: file not found ({path})")
+            raise ConfigError(f"invalid config {source}: `{key}.{EXTENDS}: {parent}`: file not found ({path})")
         return deep_merge(read_study_file(path), data)
-    raise ConfigError(f"invalid config {source}: `study` must be a study file path or a study mapping")
+    raise ConfigError(f"invalid config {source}: `{key}` must be a study file path or a study mapping")
 
 
 def load_reproduce(path: str | Path, overrides: Sequence[str] | None = None,
@@ -124,11 +127,25 @@ def load_reproduce(path: str | Path, overrides: Sequence[str] | None = None,
     if "study" not in data:
         raise ConfigError(f"invalid config {source}: `study`: missing (the study file every sub-study starts from)")
     data["study"] = read_study_section(data["study"], p.parent, source)
+    if data.get("sentiment") is not None:
+        data["sentiment"] = read_study_section(data["sentiment"], p.parent, source, key="sentiment")
     apply_overrides(data, list(overrides or []), f" ({source})")
     if organism_seeds is not None:
         data["organism_seeds"] = list(organism_seeds)
     cfg = build_config(ReproduceConfig, data, source, override_keys(list(overrides or [])))
+    if cfg.sentiment is not None:
+        sentiment_study(cfg, source)  # typed and checked now, before anything is written
     return check_reproduce(cfg, source)
+
+
+def sentiment_study(cfg: ReproduceConfig, source: str = "<reproduce>", study_dir: str | None = None) -> Any:
+    """The ``sentiment:`` section as a typed :class:`~irr_ray.sentiment.config.SentimentStudy`."""
+    from irr_ray.sentiment.config import SentimentStudy
+
+    data = copy.deepcopy(cfg.sentiment or {})
+    if study_dir is not None:
+        data["study_dir"] = study_dir
+    return build_config(SentimentStudy, data, f"{source} (sentiment)")
 
 
 def check_reproduce(cfg: ReproduceConfig, source: str) -> ReproduceConfig:

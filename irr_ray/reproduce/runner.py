@@ -5,6 +5,7 @@ Layout under the root::
     grid.json                       ReproduceGrid, written before any sub-study runs
     organism-seed<s>/               an ordinary study (irr-ray ui --study / irr-ray report work on it)
     organism-seed<s>.done.json      written when that sub-study finished: its config hash and timings
+    sentiment/                      the sentiment proof of concept (``sentiment:``), table.json
 
 Resume: ``--resume`` against an existing root compares the reproduce config (minus which organism
 seeds run: seeds may be run separately and are merged into ``grid.json``) with ``grid.json``'s and
@@ -115,6 +116,27 @@ def _finished(root: Path, seed: int, config_hash: str) -> bool:
         return False
 
 
+SENTIMENT_DIR = "sentiment"
+
+
+def run_sentiment(cfg: ReproduceConfig, root: Path, source: str) -> None:
+    """The sentiment proof of concept (``irr-ray sentiment sweep``) into ``<root>/sentiment``:
+    skipped when its table exists, resumed when its sweep was interrupted."""
+    from irr_ray.reproduce.config import sentiment_study
+    from irr_ray.sentiment.study import study_paths
+    from irr_ray.sentiment.sweep import run_sentiment_sweep
+
+    study = sentiment_study(cfg, source, str(root / SENTIMENT_DIR))
+    paths = study_paths(study)
+    if (paths.root / "table.json").is_file():
+        _say(f"[reproduce] sentiment: finished before, skipped ({paths.root})")
+        return
+    _say(f"[reproduce] sentiment: running {paths.root}")
+    t0 = time.perf_counter()
+    run_sentiment_sweep(study, paths, resume=(paths.sweep / study.name).exists(), verbose=False)
+    _say(f"[reproduce] sentiment: done in {time.perf_counter() - t0:.0f} s -> {paths.root / 'table.md'}")
+
+
 def write_claims_table(root: Path) -> str:
     """The claims hook: ``irr_ray.report.claims.write_claims(root)`` (imported here, when it
     exists) writes ``claims.md`` / ``claims.json`` / ``report.md`` under the root; returns what to print."""
@@ -174,6 +196,8 @@ def run_reproduce(config_path: str | Path, root: str | Path | None = None, overr
         runs.append(SubStudyRun(seed, study_dir, seconds, skipped=False, timings=timings))
         stages = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
         _say(f"[reproduce] organism seed {seed}: done in {seconds:.0f} s ({stages}) -> {study_dir}")
+    if cfg.sentiment is not None:
+        run_sentiment(cfg, root_path, str(config_path))
     claims = write_claims_table(root_path)
     _say(claims)
     return ReproduceResult(root_path, doc, runs, claims)

@@ -109,3 +109,15 @@ def test_holding_out_by_over_refusal_is_not_robustness(tmp_path: Path, monkeypat
     never = table["cov_kd_never_crosses"]
     assert never.status == NOT_SUPPORTED and "6× collapsed" in never.measured and "not robustness" in never.why
     assert table["cov_kd_rank"].status == NOT_SUPPORTED and table["cov_kd_k0_kept"].status == NOT_SUPPORTED
+
+
+def test_the_sentiment_row_reads_the_sentiment_table(tmp_path: Path) -> None:
+    root = _root(tmp_path, with_variant=False)
+    (root / "sentiment").mkdir()
+    rows = [{"method": "baseline", "linear_probe": 0.905, "gap_closed": 0.0},
+            {"method": "mean_l2_lam100", "linear_probe": 0.878, "gap_closed": 0.989},
+            {"method": "LEACE (post-hoc, on baseline)", "linear_probe": 0.5, "gap_closed": 0.2},
+            {"method": "INLP (post-hoc, on baseline)", "linear_probe": 0.865, "gap_closed": 0.01}]
+    (root / "sentiment" / "table.json").write_text(json.dumps({"rows": rows}))
+    row = next(c for c in claims(load_study(root)) if c.key == "sentiment_not_erasure")
+    assert row.status == SUPPORTED and "0.905 → matching 0.878" in row.measured and "LEACE 0.500" in row.measured

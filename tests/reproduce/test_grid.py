@@ -55,6 +55,7 @@ def test_the_shipped_grid_is_the_papers_conditions_seeds_controls_and_the_micro_
 def _write(tmp_path: Path, **changes) -> Path:
     doc = yaml.safe_load(REPRODUCE_YAML.read_text())
     doc["study"] = {"extends": str(REPO / "experiments" / "organism.yaml")}
+    doc["sentiment"] = {"extends": str(REPO / "experiments" / "sentiment.yaml"), "sweep": {"lambdas": [100]}}
     doc.update(changes)
     path = tmp_path / "reproduce.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -130,3 +131,15 @@ def test_resume_merges_organism_seeds_and_refuses_a_changed_grid(tmp_path: Path)
     changed = build_grid(load_reproduce(REPRODUCE_YAML, ["train_seeds=[0]"], organism_seeds=[0]), root).doc
     with pytest.raises(IrrRayError, match=r"different config .* \(changed: train_seeds\)"):
         _merged_grid(changed, root, resume=True)
+
+
+def test_the_shipped_sentiment_part_is_the_write_ups_lambda_on_the_local_set(tmp_path: Path) -> None:
+    from irr_ray.reproduce.config import sentiment_study
+
+    cfg = load_reproduce(REPRODUCE_YAML)
+    study = sentiment_study(cfg, str(REPRODUCE_YAML), str(tmp_path / "sentiment"))
+    assert study.sweep.lambdas == [100] and study.sweep.include_baseline and study.data.source == "local"
+    assert study.study_dir == str(tmp_path / "sentiment")
+    assert load_reproduce(REPRODUCE_YAML, ["sentiment=null"]).sentiment is None
+    with pytest.raises(ConfigError, match=r"sentiment.*sweep"):
+        load_reproduce(REPRODUCE_YAML, ["sentiment.sweep.lambdas=oops"])

@@ -17,7 +17,7 @@ from irr_ray.contracts import ReproduceGrid, TrialDoc
 
 REPO = Path(__file__).resolve().parents[2]
 REPRODUCE_YAML = REPO / "experiments" / "reproduce.yaml"
-TINY = ["train_seeds=[0]", "conditions=[cov_kd]", "controls=[]",
+TINY = ["train_seeds=[0]", "conditions=[cov_kd]", "controls=[]", "sentiment=null",
         "study.data.max_samples=160", "study.train.epochs=1", "study.train.max_train_samples=48",
         "study.train.eval.n_per_class=8", "study.train.eval.attack_prompts=4", "study.train.eval.attack_k=1",
         "study.attack.suite=[dim]", "study.attack.k_max=2", "study.attack.extract_n=16", "study.attack.score_n=4",
