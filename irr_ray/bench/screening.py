@@ -19,9 +19,39 @@ not projected. Their norm gains are randomised (as in the unit tests' tiny model
 Random models never reach the induce filter (refusal log-odds ≈ −6), so every one of their
 iterations is the no-survivor fallback. CPU, one torch thread.
 
-Measured (one thread, shared 2-core machine; the command in ``SCREENING_TABLE`` below):
+Measured (CPU, one torch thread, a shared 2-core machine; seconds are indicative only):
 
-MEASURED_TABLE_PLACEHOLDER
+    OMP_NUM_THREADS=1 irr-ray bench attack --screening --organism-dir <organism-v4 seed 0> \
+      --organism-dir <seed 1> --organism-dir <seed 2> --organism-dir <seed 3>
+
+    recall of the exact choice (same (layer, position) as scoring every candidate exactly); exact refusal passes and scoring seconds per iteration (screened: + ≈3 passes for the gradient, included in the seconds)
+    fallbk: iterations without a survivor; corr: Pearson r of estimate vs exact refusal (mean over iterations); top8: exact choice among the estimate's first screen_top
+    model            iters cands fallbk  corr  top8 exact  s/it |          screened recall passes  s/it | screened+fallback recall passes  s/it
+    organism seed 0      6    20    83%  0.74  100%  20.0  2.45 |                     1.00   20.0  2.39 |                     1.00   15.3  2.14
+    organism seed 1      6    20    83%  0.85  100%  20.0  2.44 |                     1.00   18.0  2.20 |                     1.00   11.3  1.67
+    organism seed 2      6    20    83%  0.54  100%  20.0  2.31 |                     1.00   18.0  2.16 |                     1.00   17.3  1.96
+    organism seed 3      6    20    83%  0.70  100%  20.0  2.08 |                     1.00   18.0  1.71 |                     1.00   18.0  1.75
+    random llama        10    60   100%  0.88  100%  60.0  1.87 |                     1.00   60.0  2.34 |                     1.00   46.8  1.70
+    random qwen2        10    60   100%  0.99  100%  60.0  2.25 |                     1.00   60.0  2.67 |                     1.00    8.0  1.45
+    random gemma2       10    60   100%  0.71  100%  60.0  2.45 |                     1.00   60.0  3.09 |                     1.00   60.0  2.26
+    all                 54                                      |                     1.00              |                     1.00
+
+    at Llama-3.2-1B's 60 candidates (measured on the 3 random 16-block models, 30 iterations; exact = 60 refusal passes):
+      screened            60.0 refusal passes ( 63.0 with the gradient pass):   0.0% fewer ( -5.0% with it)
+      screened+fallback   38.3 refusal passes ( 41.3 with the gradient pass):  36.2% fewer ( 31.2% with it)
+
+    total 360 s
+
+Reading it: recall is 1.00 for both variants over 54 iterations, so the issue's condition for making
+screening the default is met on this set — but exact stays the default here, because the evidence
+for the default screen is thin: only 4 of the 54 iterations (the organisms' K = 1) had a survivor,
+the only case where it may skip passes (3 of 4 certified after 8 of 20); every other iteration was
+the no-survivor fallback, where it scores everything, so at 60 candidates it saves nothing (−5 %
+counting the gradient pass). ``screen_fallback`` saves 36 % of the refusal passes at 60
+candidates (31 % with the gradient), but little wall time on a CPU: without a survivor the exact
+survivor check still runs the induce pass for every candidate, and on Gemma2 (sandwich norms,
+r = 0.71) the calibrated margin never certified a choice. The certainty is a calibration, not a
+bound: a recall of 1.00 here is a measurement, not a guarantee.
 """
 
 from __future__ import annotations
@@ -197,34 +227,37 @@ def summary(case: Case) -> dict[str, Any]:
                            "exact_refusal": sum(r["exact"]["refusal"] for r in rows) / max(n, 1),
                            "estimate_corr": sum(r["estimate_corr"] for r in rows if not math.isnan(r["estimate_corr"]))
                            / max(1, sum(not math.isnan(r["estimate_corr"]) for r in rows)),
-                           "exact_s": sum(r["exact_s"] for r in rows)}
+                           "top": sum(r["choice_estimate_rank"] < case.cfg.screen_top for r in rows) / max(n, 1),
+                           "exact_s": sum(r["exact_s"] for r in rows) / max(n, 1)}
     for name in VARIANTS:
         out[name] = {"recall": sum(r[name]["same"] for r in rows) / max(n, 1),
                      "refusal": sum(r[name]["refusal"] for r in rows) / max(n, 1),
                      "filters": sum(r[name]["kl"] + r[name]["induce"] for r in rows) / max(n, 1),
-                     "s": sum(r[name]["s"] for r in rows)}
+                     "s": sum(r[name]["s"] for r in rows) / max(n, 1)}
     out["exact_filters"] = sum(r["exact"]["kl"] + r["exact"]["induce"] for r in rows) / max(n, 1)
     return out
 
 
 def print_table(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """The recall table, totals, and the reduction at Llama-3.2-1B's 60 candidates; returns the totals."""
-    print("\nrecall of the exact choice (same (layer, position) as scoring every candidate exactly), and exact "
-          "refusal passes per iteration (screened: + ≈3 for the gradient pass):")
-    head = (f"{'model':<20} {'iters':>5} {'cands':>5} {'fallbk':>6} {'corr':>5} {'exact':>6} | "
-            + " | ".join(f"{n + ' recall':>24} {'passes':>6}" for n in VARIANTS))
+    print("\nrecall of the exact choice (same (layer, position) as scoring every candidate exactly); exact refusal "
+          "passes and scoring seconds per iteration (screened: + ≈3 passes for the gradient, included in the seconds)")
+    print("fallbk: iterations without a survivor; corr: Pearson r of estimate vs exact refusal (mean over "
+          "iterations); top8: exact choice among the estimate's first screen_top")
+    head = (f"{'model':<16} {'iters':>5} {'cands':>5} {'fallbk':>6} {'corr':>5} {'top8':>5} {'exact':>5} {'s/it':>5} | "
+            + " | ".join(f"{n + ' recall':>24} {'passes':>6} {'s/it':>5}" for n in VARIANTS))
     print(head)
     for s in summaries:
-        print(f"{s['name']:<20} {s['iterations']:>5} {s['candidates']:>5.0f} {100 * s['fallback_share']:>5.0f}% "
-              f"{s['estimate_corr']:>5.2f} {s['exact_refusal']:>6.1f} | "
-              + " | ".join(f"{s[n]['recall']:>24.2f} {s[n]['refusal']:>6.1f}" for n in VARIANTS))
+        print(f"{s['name']:<16} {s['iterations']:>5} {s['candidates']:>5.0f} {100 * s['fallback_share']:>5.0f}% "
+              f"{s['estimate_corr']:>5.2f} {100 * s['top']:>4.0f}% {s['exact_refusal']:>5.1f} {s['exact_s']:>5.2f} | "
+              + " | ".join(f"{s[n]['recall']:>24.2f} {s[n]['refusal']:>6.1f} {s[n]['s']:>5.2f}" for n in VARIANTS))
     iters = sum(s["iterations"] for s in summaries)
     totals: dict[str, Any] = {"iterations": iters}
     for n in VARIANTS:
         same = sum(s[n]["recall"] * s["iterations"] for s in summaries)
         totals[n] = {"recall": same / max(iters, 1)}
-    print(f"{'all':<20} {iters:>5} {'':>5} {'':>6} {'':>5} {'':>6} | "
-          + " | ".join(f"{totals[n]['recall']:>24.2f} {'':>6}" for n in VARIANTS))
+    print((f"{'all':<16} {iters:>5} {'':>5} {'':>6} {'':>5} {'':>5} {'':>5} {'':>5} | "
+           + " | ".join(f"{totals[n]['recall']:>24.2f} {'':>6} {'':>5}" for n in VARIANTS)).rstrip())
     at60 = [s for s in summaries if round(s["candidates"]) == 60]
     if at60:
         iters60 = sum(s["iterations"] for s in at60)
