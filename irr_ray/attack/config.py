@@ -156,7 +156,8 @@ class AttackConfig(StrictModel):
     screen_budget: int | None = Field(
         None, ge=1, description="screened: at most this many exact refusal passes per iteration while a survivor "
                                 "is known (None: no cap; a capped choice may differ from the exact one). "
-                                "With no survivor every candidate is scored (the fallback needs all)")
+                                "With no survivor every candidate is scored (the fallback needs all), unless "
+                                "screen_fallback (then the cap holds there too)")
     screen_safety: float = Field(
         2.0, ge=1, description="screened: margin = this × the largest |exact − estimate| among the scored "
                                "candidates; the choice is certain when every unscored estimate − margin is "

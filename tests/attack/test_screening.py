@@ -110,6 +110,16 @@ def case():
     return built
 
 
+def test_calibration_scale_and_margin() -> None:
+    from irr_ray.attack.scoring.screened import calibrate
+
+    dh = torch.tensor([-0.4, -0.2, -0.1], dtype=torch.float64)
+    assert calibrate(dh, 0.5 * dh, 2.0) == pytest.approx((0.5, 0.0))
+    scale, margin = calibrate(dh, 0.5 * dh + torch.tensor([0.0, 0.01, -0.01], dtype=torch.float64), 2.0)
+    assert scale == pytest.approx(0.5, abs=0.05) and margin >= 2 * 0.009
+    assert all(math.isnan(v) for v in calibrate(torch.zeros(3), torch.ones(3), 2.0))
+
+
 def _candidates(case, chosen):
     cfg = case.cfg
     layers = cfg.candidate_layer_indices(get_layout(case.model).num_layers)
