@@ -83,7 +83,8 @@ class Candidate:
 @dataclass(frozen=True)
 class CandidateScore:
     """A candidate's scores (:mod:`irr_ray.attack.scoring`); ``layer`` is its residual index.
-    NaN marks a KL / induce score the fast scorer did not need for the choice."""
+    NaN marks a score the fast scorer did not need for the choice (KL / induce; also refusal under
+    ``scoring: screened``)."""
 
     layer: int
     position: int

@@ -7,6 +7,8 @@ chat-template positions, KL ≤ 0.1 on harmless prompts against the model under 
 induce-refusal ≥ 0, stop on norm collapse below 1% of the first direction's norm, a 30%
 harmful-refusal threshold, 100 + 100 held-out prompts per K. ``candidate_layers="arditi"`` and
 ``kl_baseline="original"`` select Arditi et al.'s single-direction conventions instead.
+``scoring="screened"`` (opt-in) scores exactly only the candidates an attribution-patching estimate
+ranks first (:mod:`irr_ray.attack.scoring.screened`); ``exact`` is the default.
 """
 
 from __future__ import annotations
@@ -142,6 +144,28 @@ class AttackConfig(StrictModel):
                           "the family's (Llama-3: 'I')")
     implementation: Literal["fast", "reference"] = Field(
         "fast", description="fast: batched candidate scoring; reference: one candidate at a time")
+    scoring: Literal["exact", "screened"] = Field(
+        "exact", description="exact: the refusal pass for every candidate (the default); screened: rank the "
+                             "candidates by a first-order (attribution-patching) estimate of their refusal "
+                             "score and run the exact passes only for the top screen_top, doubling until the "
+                             "choice is certain under a margin calibrated on the scored candidates' estimate "
+                             "errors, or screen_budget passes (irr_ray.attack.scoring.screened; fast "
+                             "implementation only). Exact stays the default until screening's recall of the "
+                             "exact choice is 1.00 (`irr-ray bench attack --screening`)")
+    screen_top: int = Field(8, ge=1, description="screened: candidates scored exactly in the first round")
+    screen_budget: int | None = Field(
+        None, ge=1, description="screened: at most this many exact refusal passes per iteration while a survivor "
+                                "is known (None: no cap; a capped choice may differ from the exact one). "
+                                "With no survivor every candidate is scored (the fallback needs all), unless "
+                                "screen_fallback (then the cap holds there too)")
+    screen_safety: float = Field(
+        2.0, ge=1, description="screened: margin = this × the largest |exact − estimate| among the scored "
+                               "candidates; the choice is certain when every unscored estimate − margin is "
+                               "above the best survivor's exact refusal score")
+    screen_fallback: bool = Field(
+        False, description="screened: also screen the no-survivor fallback (argmin refusal + alpha·KL) with the "
+                           "same calibrated certainty instead of scoring every candidate (the survivor set is "
+                           "still decided exactly, from the filters)")
     score_all: bool = Field(
         False, description="fast: KL and induce scores for every candidate, not only until the choice is "
                             "decided (same choice; for inspection and the equivalence test)")
@@ -199,6 +223,16 @@ class AttackConfig(StrictModel):
         if not v or any(p >= 0 for p in v) or len(set(v)) != len(v):
             raise ValueError("positions must be distinct negative offsets from the end (−1 = last prompt token)")
         return v
+
+    @model_validator(mode="after")
+    def _screening(self) -> AttackConfig:
+        if self.scoring == "screened" and self.implementation != "fast":
+            raise ValueError("scoring=screened needs implementation=fast (the screen reuses the fast scorer's passes)")
+        if self.scoring == "screened" and self.score_all:
+            raise ValueError("scoring=screened skips candidates; it cannot be combined with score_all=true")
+        if self.screen_budget is not None and self.screen_budget < self.screen_top:
+            raise ValueError(f"screen_budget ({self.screen_budget}) must be ≥ screen_top ({self.screen_top})")
+        return self
 
     @model_validator(mode="after")
     def _vllm_devices(self) -> AttackConfig:

@@ -28,6 +28,9 @@ path) on the organism (``--eval-split-wide``: also the random 4-layer model of L
 one behavioural evaluation with HF ``generate`` vs the shrinking decode loop
 (:mod:`irr_ray.generation.hf`), alternated, replies checked string-equal; and the same split in FLOPs
 for Llama-3.2-1B's full shape with the paper's settings (:func:`split_flops`, counted, not run).
+
+``--screening`` (:mod:`irr_ray.bench.screening`) reports instead the recall of the exact candidate
+choice under attribution screening (``scoring: screened``) and the exact refusal passes it saves.
 """
 
 from __future__ import annotations
@@ -321,6 +324,10 @@ def run(args: argparse.Namespace) -> int:
         return run_stage(args)
     if getattr(args, "eval_split", False):
         return run_eval_split(args)
+    if getattr(args, "screening", False):
+        from irr_ray.bench.screening import run_screening
+
+        return run_screening(args)
     device = args.device or default_device()
     results = []
     if device.startswith("cuda"):

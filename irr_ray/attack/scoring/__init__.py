@@ -9,6 +9,10 @@ refusal score, KL and induce score, given the raw directions chosen so far (Ardi
 * :mod:`~irr_ray.attack.scoring.fast` — many candidates per forward, only what the choice needs.
 
 ``AttackConfig.implementation`` picks one; ``AttackConfig.kl_baseline`` the KL filter's "before".
+``AttackConfig.scoring="screened"`` (fast only; default ``exact``) puts the fast scorer behind a
+first-order screen (:mod:`~irr_ray.attack.scoring.screened`): exact refusal passes only for the
+candidates an attribution-patching estimate ranks first, widened until the choice is certain under
+a calibrated margin — the same choice whenever that calibration holds.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from irr_ray.attack.candidates import Candidate, CandidateScore
 from irr_ray.attack.prompts import PromptPair
 from irr_ray.attack.scoring.fast import FastScorer
 from irr_ray.attack.scoring.reference import ReferenceScorer, score_candidates_reference
+from irr_ray.attack.scoring.screened import ScreenedScorer
 
 if TYPE_CHECKING:
     from irr_ray.attack.config import AttackConfig
 
-__all__ = ["FastScorer", "ReferenceScorer", "Scorer", "make_scorer", "score_candidates_reference"]
+__all__ = ["FastScorer", "ReferenceScorer", "Scorer", "ScreenedScorer", "make_scorer", "score_candidates_reference"]
 
 
 class Scorer(Protocol):
@@ -40,7 +45,9 @@ class Scorer(Protocol):
 def make_scorer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, score: PromptPair,
                 refusal_ids: Sequence[int], cfg: AttackConfig) -> Scorer:
     """The configured candidate scorer for the scoring prompts ``score`` (``cfg.implementation``:
-    fast or reference; the prompts are tokenised once)."""
+    fast or reference; ``cfg.scoring``: exact or screened; the prompts are tokenised once)."""
+    if cfg.scoring == "screened":
+        return ScreenedScorer.from_config(model, tokenizer, score, refusal_ids, cfg)
     if cfg.implementation == "reference":
         return ReferenceScorer(model, tokenizer, score, refusal_ids, cfg)
     return FastScorer.from_config(model, tokenizer, score, refusal_ids, cfg)
