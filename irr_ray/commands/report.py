@@ -1,4 +1,7 @@
-"""``irr-ray report --study DIR``: print the study's table, write report.md + pareto.png, log to MLflow."""
+"""``irr-ray report --study DIR``: print the study's table, write report.md + pareto.png, log to MLflow.
+
+A reproduction root (``irr-ray reproduce``: ``DIR/grid.json``) gets its claims table instead,
+(re)written from the sub-studies as they are now (``claims.md``, ``claims.json``, ``report.md``)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from irr_ray.report import build_report
+
+    if (Path(args.study) / "grid.json").is_file():
+        from irr_ray.report.claims import write_claims
+
+        print(write_claims(args.study), end="")
+        return 0
 
     report = build_report(args.study, tracking_uri=args.tracking_uri, log_to_mlflow=not args.no_mlflow)
     print(report.render_text())

@@ -96,6 +96,11 @@ def check_study(paths: StudyPaths) -> None:
     """One line naming the path when the study directory or its MLflow database is missing."""
     if not paths.root.is_dir():
         raise IrrRayError(f"study directory not found: {paths.root}")
+    if (paths.root / "grid.json").is_file() and not paths.mlflow_db.is_file():
+        studies = sorted(p.name for p in paths.root.glob("organism-seed*") if p.is_dir())
+        raise IrrRayError(f"{paths.root} is a reproduction root: its claims table is {paths.root / 'claims.md'} "
+                          f"(`irr-ray report --study {paths.root}`); browse one of its studies with --study "
+                          f"{paths.root / (studies[0] if studies else 'organism-seed0')}")
     if not paths.mlflow_db.is_file():
         raise IrrRayError(f"no MLflow database at {paths.mlflow_db}: run a stage of the study first "
                           "(`irr-ray run ...`); a study tracked on an MLflow server is browsed on that server")

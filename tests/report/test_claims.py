@@ -121,3 +121,14 @@ def test_the_sentiment_row_reads_the_sentiment_table(tmp_path: Path) -> None:
     (root / "sentiment" / "table.json").write_text(json.dumps({"rows": rows}))
     row = next(c for c in claims(load_study(root)) if c.key == "sentiment_not_erasure")
     assert row.status == SUPPORTED and "0.905 → matching 0.878" in row.measured and "LEACE 0.500" in row.measured
+
+
+def test_report_and_ui_on_a_reproduction_root(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from irr_ray.cli import main
+
+    root = _root(tmp_path, with_variant=False)
+    assert main(["report", "--study", str(root)]) == 0  # the claims table, not a single study's report
+    assert capsys.readouterr().out == (root / "claims.md").read_text()
+    assert main(["ui", "--study", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a reproduction root" in err and "organism-seed0" in err
