@@ -267,8 +267,9 @@ def claim_rank_gain(study: Study, condition: str, label: str, paper: str) -> Cla
     dishonest = _dishonest(units)
     ok = diff is not None and diff.low is not None and diff.low > 0 and not dishonest
     if dishonest:
-        why = (f"{len(dishonest)} of {len(units)} units hold out only by broken behaviour "
-               f"({_count(_dim_label(u) for u in dishonest)}), which is not robustness")
+        why = (f"{len(dishonest)} of {len(units)} units are degenerate or collapsed under the attack "
+               f"({_count(_dim_label(u) for u in dishonest)}): broken text or over-refusal, not robustness; "
+               f"paired gain {diff.label(1) if diff else '-'}")
     else:
         why = ("the paired gain's 95% interval lies above 0" if ok else
                "the paired gain's 95% interval reaches 0 or below: no gain shown")
