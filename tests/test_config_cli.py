@@ -59,8 +59,13 @@ def test_stable_hash_is_order_independent() -> None:
 
 def test_shipped_study_files_validate_and_resolve(tmp_path: Path) -> None:
     shipped = sorted(p.name for p in (REPO / "experiments").glob("*.yaml"))
-    # no copies of a study's sections (organism-vllm.yaml `extends` organism.yaml and names what it changes)
-    assert shipped == ["organism-vllm.yaml", "organism.yaml", "paper.yaml", "sentiment.yaml"]
+    # no copies of a study's sections (organism-vllm.yaml `extends` organism.yaml and names what it changes;
+    # reproduce.yaml is `irr-ray reproduce`'s file, whose study `extends` organism.yaml too)
+    assert shipped == ["organism-vllm.yaml", "organism.yaml", "paper.yaml", "reproduce.yaml", "sentiment.yaml"]
+    from irr_ray.reproduce.config import load_reproduce
+
+    reproduce = load_reproduce(REPO / "experiments" / "reproduce.yaml")
+    assert reproduce.study["name"] == "organism" and reproduce.organism_seeds == [0, 1, 2]  # the grid: tests/reproduce
     paper = load_study(REPO / "experiments" / "paper.yaml")
     assert (paper.source_model, paper.sweep.num_samples, paper.attack.k_max) == \
         ("meta-llama/Llama-3.2-1B-Instruct", 16, 16)
