@@ -41,6 +41,7 @@ from irr_ray.contracts import ReproduceGrid, TrialDoc
 from irr_ray.core.stats import MeanInterval, mean_interval
 from irr_ray.errors import IrrRayError
 from irr_ray.report.collect import ModelRow, collect_rows
+from irr_ray.reproduce.grid import GRID_JSON
 from irr_ray.study import StudyPaths
 from irr_ray.utils.files import write_json_atomic, write_text_atomic
 
@@ -52,7 +53,6 @@ DEFAULT_VARIANT = "default"
 KEPT_TOLERANCE = 0.10
 # harmful-refusal drop + harmless-refusal rise that counts as a "collapse" of K=0 behaviour
 COLLAPSE_MIN = 0.20
-GRID_JSON = "grid.json"
 CLAIMS_MD, CLAIMS_JSON, REPORT_MD = "claims.md", "claims.json", "report.md"
 
 
@@ -65,14 +65,7 @@ class Unit:
     train_seed: int | None
     variant: str
     row: ModelRow
-    degenerate_steps: int | None = None
-    total_steps: int | None = None
-
-    @property
-    def degenerate_fraction(self) -> float | None:
-        if self.degenerate_steps is None or not self.total_steps:
-            return None
-        return self.degenerate_steps / self.total_steps
+    degenerate_fraction: float | None = None  # TrialDoc.degenerate_fraction: matching steps with no statistic
 
     @property
     def rank(self) -> int:
@@ -113,23 +106,6 @@ class Study:
 # ------------------------------------------------------------------------------------ reading
 
 
-def _steps(doc: TrialDoc) -> tuple[int | None, int | None]:
-    """(degenerate steps, optimizer/micro steps in all) as the trainer recorded them."""
-    raw = doc.degenerate_steps
-    count = total = None
-    if isinstance(raw, dict):
-        count = raw.get("count", raw.get("degenerate"))
-        total = raw.get("steps", raw.get("total"))
-    elif isinstance(raw, int):
-        count = raw
-    if total is None:
-        for key in ("train/steps_total", "steps_total", "train/micro_steps_total"):
-            if key in doc.metrics:
-                total = doc.metrics[key]
-                break
-    return (None if count is None else int(count)), (None if total is None else int(total))
-
-
 def load_study(root: str | Path) -> Study:
     """Read ``grid.json`` and every sub-study's finished models; a model whose preset the grid does
     not name is a one-line error (the grid and the directories disagree)."""
@@ -155,8 +131,8 @@ def load_study(root: str | Path) -> Study:
             if point is None:
                 raise IrrRayError(f"{study_dir / 'checkpoints' / row.name / 'trial.json'}: condition "
                                   f"{row.condition!r} is not a preset of {root / GRID_JSON}")
-            count, total = _steps(TrialDoc.read(paths.checkpoint_dir(row.name) / "trial.json"))
-            units.append(Unit(seed, point.condition, point.train_seed, point.variant, row, count, total))
+            trial = TrialDoc.read(paths.checkpoint_dir(row.name) / "trial.json")
+            units.append(Unit(seed, point.condition, point.train_seed, point.variant, row, trial.degenerate_fraction()))
     sentiment_table = root / "sentiment" / "table.json"
     sentiment = json.loads(sentiment_table.read_text()) if sentiment_table.is_file() else None
     return Study(root, grid, units, missing, sentiment)

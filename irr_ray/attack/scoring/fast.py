@@ -44,7 +44,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -138,8 +138,12 @@ class FastScorer:
         device = next(model.parameters()).device
         harmful = tokenize_chat(tokenizer, prompts.harmful, max_length=cfg.max_prompt_tokens, device=device)
         harmless = tokenize_chat(tokenizer, prompts.harmless, max_length=cfg.max_prompt_tokens, device=device)
-        return cls(model, harmful, harmless, refusal_ids, cfg, cfg.score_batch_rows, lazy=not cfg.score_all,
-                   n_buckets=cfg.length_buckets, kl_baseline=cfg.kl_baseline)
+        return cls(model, harmful, harmless, refusal_ids, cfg, cfg.score_batch_rows, **cls.config_kwargs(cfg))
+
+    @classmethod
+    def config_kwargs(cls, cfg: AttackConfig) -> dict[str, Any]:
+        """The constructor's knobs an ``AttackConfig`` sets (a subclass adds its own)."""
+        return {"lazy": not cfg.score_all, "n_buckets": cfg.length_buckets, "kl_baseline": cfg.kl_baseline}
 
     # ---------------------------------------------------------------------------- forwards
 

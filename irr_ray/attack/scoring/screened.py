@@ -45,16 +45,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from irr_ray.attack.candidates import Candidate, CandidateScore
-from irr_ray.attack.prompts import PromptPair
 from irr_ray.attack.scoring.fast import FastScorer
 from irr_ray.core.attribution import first_order_scores
 from irr_ray.core.directions import orthonormalize
 from irr_ray.core.hooks import ablate_directions
 from irr_ray.core.scoring import EncodedPrompts, complete_sets, last_position_logits, refusal_log_odds
-from irr_ray.models.chat import tokenize_chat
 
 if TYPE_CHECKING:
     from irr_ray.attack.config import AttackConfig
@@ -105,15 +102,11 @@ class ScreenedScorer(FastScorer):
         self.last: ScreenStats | None = None
 
     @classmethod
-    def from_config(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: PromptPair,
-                    refusal_ids: Sequence[int], cfg: AttackConfig) -> ScreenedScorer:
-        device = next(model.parameters()).device
-        harmful = tokenize_chat(tokenizer, prompts.harmful, max_length=cfg.max_prompt_tokens, device=device)
-        harmless = tokenize_chat(tokenizer, prompts.harmless, max_length=cfg.max_prompt_tokens, device=device)
-        return cls(model, harmful, harmless, refusal_ids, cfg, cfg.score_batch_rows, lazy=True,
-                   n_buckets=cfg.length_buckets, kl_baseline=cfg.kl_baseline, screen_top=cfg.screen_top,
-                   screen_budget=cfg.screen_budget, screen_safety=cfg.screen_safety,
-                   screen_fallback=cfg.screen_fallback)
+    def config_kwargs(cls, cfg: AttackConfig) -> dict[str, Any]:
+        """FastScorer's knobs (always lazy: the screen decides what is scored) and the screen's."""
+        return {**super().config_kwargs(cfg), "lazy": True, "screen_top": cfg.screen_top,
+                "screen_budget": cfg.screen_budget, "screen_safety": cfg.screen_safety,
+                "screen_fallback": cfg.screen_fallback}
 
     # ---------------------------------------------------------------------------- pieces
 
