@@ -21,6 +21,11 @@ extraction + scoring (the attack's own work) and behavioural evaluation from eac
 per-K refused / complied / degenerate shares of both classes, verdicts and stop reasons; the float
 fields (first-token refusal probability, KL, reply NLL) are reported as their largest difference.
 
+``--floor`` adds a third run of the fast side, untimed, with every task's matrix-multiply FLOPs
+counted (:mod:`irr_ray.bench.floor`), and this core's peak matmul rate: the FLOP floor of each group
+of tasks, and plain ÷ floor, the largest speed-up over the plain path that any path doing the fast
+side's FLOPs could reach even if nothing but its matmuls cost time.
+
 Seconds are task time (one core each); ``attack-all`` runs ``ray.num_cpus`` such tasks at once,
 which divides both sides' elapsed time alike. No Ray and no MLflow here: those are the same on
 both sides.
@@ -166,13 +171,58 @@ def run_stage(args: argparse.Namespace) -> int:
             p, f = seconds["plain"][spec.name], seconds["fast"][spec.name]
             print(f"  {spec.name:<28} dim: plain {p['wall']:6.2f}s  fast {f['wall']:6.2f}s  "
                   f"({p['wall'] / max(f['wall'], 1e-9):.2f}x)  K={len(docs['fast'][spec.name].curve) - 1}", flush=True)
+        floor = (_count_floor(root / "counted", specs, suite, study, source, base, fast)
+                 if getattr(args, "floor", False) else None)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return _report(args, specs, suite, seconds, docs)
+    return _report(args, specs, suite, seconds, docs, floor)
+
+
+def _count_floor(root: Path, specs: list[Any], suite: list[str], study: Any, source: str, base: str,
+                 cfg: AttackConfig) -> dict[str, Any]:
+    """``--floor``: the fast side once more, untimed, each task under
+    :class:`~irr_ray.bench.floor.CountedFlops`, and this core's peak matmul rate
+    (:mod:`irr_ray.bench.floor`): matmul GFLOP per task, kernel seconds (matmul / other) over all
+    tasks, and the peak in GFLOP/s."""
+    from transformers import AutoConfig
+
+    from irr_ray.attack.run import K0_JSON, attack_model, progress_dir, source_baseline
+    from irr_ray.attack.suite.runner import run_suite_attack
+    from irr_ray.attack.taskgroup import TRIAL
+    from irr_ray.bench.floor import CountedFlops, peak_matmul_gflops
+
+    print("counting the fast side's matmul FLOPs (a third, untimed run) ...", flush=True)
+    gflop: dict[str, float] = {}
+    kernels = {"matmul": 0.0, "other": 0.0}
+
+    def counted(name: str, c: CountedFlops) -> None:
+        gflop[name] = c.flops / 1e9
+        for kind, sec in c.kernel_seconds.items():
+            kernels[kind] += sec
+
+    attacks = root / "attacks"
+    with CountedFlops() as c:
+        baseline = source_baseline(source, study.data, cfg, progress_dir(attacks / "original") / K0_JSON, source)
+    counted("source-k0", c)
+    for spec in specs:
+        src = baseline if spec.role == TRIAL else None
+        with CountedFlops() as c:
+            attack_model(spec.path, study.data, cfg, attacks / spec.name, judge_model=source, source=src)
+        counted(spec.name, c)
+        for attack in suite:
+            with CountedFlops() as c:
+                run_suite_attack(attack, spec.path, study.data, cfg, attacks / spec.name / attack, judge_model=source,
+                                 source=src, base_model=base, dim_dir=attacks / spec.name)
+            counted(f"{spec.name}/{attack}", c)
+        print(f"  {spec.name:<28} {sum(v for k, v in gflop.items() if k.split('/')[0] == spec.name):8.1f} GFLOP",
+              flush=True)
+    mc = AutoConfig.from_pretrained(source)
+    peak, shape = peak_matmul_gflops(int(mc.hidden_size), int(getattr(mc, "intermediate_size", 4 * mc.hidden_size)))
+    return {"gflop": gflop, "peak_gflops": peak, "peak_shape": list(shape), "kernels": kernels}
 
 
 def _report(args: argparse.Namespace, specs: list[Any], suite: list[str], seconds: dict[str, Any],
-            docs: dict[str, dict[str, AttackDoc]]) -> int:
+            docs: dict[str, dict[str, AttackDoc]], floor: dict[str, Any] | None = None) -> int:
     tasks = list(seconds["plain"])
     diffs: dict[str, list[str]] = {}
     worst = 0.0
@@ -203,11 +253,13 @@ def _report(args: argparse.Namespace, specs: list[Any], suite: list[str], second
           f"largest float difference (p_refusal, KL, reply NLL): {worst:.2g}")
     for name, d in diffs.items():
         print(f"  DIFFERS {name}: " + "; ".join(d[:5]))
+    if floor is not None:
+        floor["rows"] = _print_floor(tasks, groups, seconds, floor)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"models": [s.name for s in specs], "suite": suite, "seconds": seconds,
                                               "totals": rows, "identical": same, "differences": diffs,
-                                              "max_float_difference": worst}, indent=2) + "\n")
+                                              "max_float_difference": worst, "floor": floor}, indent=2) + "\n")
     return 0 if same else 1
 
 
@@ -215,3 +267,37 @@ def _attack_of(task: str) -> str:
     if task == "source-k0":
         return task
     return task.split("/", 1)[1] if "/" in task else "dim"
+
+
+def _print_floor(tasks: list[str], groups: list[str], seconds: dict[str, Any], floor: dict[str, Any]) -> list[dict]:
+    """The floor table (:mod:`irr_ray.bench.floor`): per group of tasks, the fast side's matmul GFLOP,
+    the seconds they need at the measured peak, and plain ÷ floor, the largest speed-up over the
+    plain path of any path doing those FLOPs."""
+    peak = float(floor["peak_gflops"])
+    print(f"\nFLOP floor: the fast side's matmul FLOPs at this core's peak, {peak:.1f} GFLOP/s "
+          f"(one thread, float32, best at m,k,n = {tuple(floor['peak_shape'])}):")
+    print(f"{'tasks':<22} {'GFLOP':>9} {'floor':>8} {'plain':>9} {'fast':>9} {'fast÷floor':>10} {'plain÷floor':>11}")
+    rows = []
+    for g in [*groups, None]:
+        keys = [t for t in tasks if g is None or _attack_of(t) == g]
+        gf = sum(floor["gflop"].get(t, 0.0) for t in keys)
+        p = sum(seconds["plain"][t]["wall"] for t in keys)
+        f = sum(seconds["fast"][t]["wall"] for t in keys)
+        fl = gf / peak
+        label = "all" if g is None else g
+        rows.append({"tasks": label, "gflop": gf, "floor_s": fl, "plain_s": p, "fast_s": f})
+        print(f"{label:<22} {gf:>9.1f} {fl:>7.1f}s {p:>8.1f}s {f:>8.1f}s {f / max(fl, 1e-9):>9.2f}x "
+              f"{p / max(fl, 1e-9):>10.2f}x")
+    k = floor["kernels"]
+    scale = 1.0 + k["other"] / max(k["matmul"], 1e-9)
+    total = rows[-1]
+    eager = total["floor_s"] * scale
+    print(f"\nkernel seconds of the fast side (every task, timed where dispatched): matmul {k['matmul']:.1f}s, "
+          f"other computing kernels (norms, activations, rotary, adds, projections, copies) {k['other']:.1f}s "
+          f"= {scale - 1:.2f} × matmul")
+    print(f"eager floor (the same kernels, nothing else): {total['floor_s']:.1f}s × {scale:.2f} = {eager:.1f}s; "
+          f"plain ÷ eager floor = {total['plain_s'] / max(eager, 1e-9):.2f}x, the most any eager path doing "
+          f"these FLOPs could gain")
+    rows.append({"tasks": "eager floor", "scale": scale, "floor_s": eager, "plain_s": total["plain_s"],
+                 "fast_s": total["fast_s"]})
+    return rows

@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else experiments/organism.yaml)")
     parser.add_argument("--suite", action="store_true", help="attack --stage: also every other attack of attack.suite")
     parser.add_argument("--models", default=None, help="attack --stage: comma-separated model names (default: all)")
+    parser.add_argument("--floor", action="store_true",
+                        help="attack --stage: also count the fast side's matmul FLOPs (a third, untimed run) and "
+                             "this core's peak matmul rate: the seconds those FLOPs need at peak, and plain ÷ that, "
+                             "the largest speed-up any path doing them could reach")
     parser.add_argument("--study-data", default=None,
                         help="attack --eval-split: a study data dir (train/holdout.parquet) for the organism's "
                              "prompts (default: the organism's own rows and held-out prompts)")

@@ -3,7 +3,8 @@
 The organism's instruct model (``original``), its base model (``base``) and one sweep "trial" (a
 copy of the base model, measured against the instruct source) face ``dim`` and ``orthogonalize``
 at small sizes; both paths must make the same choices and reach the same per-K shares (the
-benchmark's own check, its exit code). No timing is asserted.
+benchmark's own check, its exit code); ``--floor`` counts every task's matmul FLOPs. No timing is
+asserted.
 """
 
 from __future__ import annotations
@@ -54,3 +55,25 @@ def test_stage_bench_on_a_small_study(organism_dir: Path, tmp_path: Path) -> Non
     assert set(out["seconds"]["plain"]) == {"source-k0", "trial_a", "trial_a/orthogonalize", "original",
                                             "original/orthogonalize", "base", "base/orthogonalize"}
     assert out["max_float_difference"] < 1e-6
+
+
+def test_floor_counts_every_task_and_stays_below_the_fast_side(organism_dir: Path, tmp_path: Path) -> None:
+    """``--floor`` on one model: every task's matmul FLOPs, the kernel split, the eager floor."""
+    study = tmp_path / "study"
+    fixture_study_dataset(Path(organism_dir) / "data" / "wildguardmix.parquet", study / "data", n_per_class=200)
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"attack": SMALL}))
+    threads = torch.get_num_threads()
+    args = argparse.Namespace(study_dir=str(study), organism_dir=str(organism_dir), stage_config=str(config),
+                              suite=False, models="original", floor=True, out=str(tmp_path / "stage.json"))
+    try:
+        assert run_stage(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "stage.json").read_text())
+    floor = out["floor"]
+    assert set(floor["gflop"]) == {"source-k0", "original"} and all(v > 0 for v in floor["gflop"].values())
+    assert floor["peak_gflops"] > 0 and floor["kernels"]["matmul"] > 0 and floor["kernels"]["other"] > 0
+    total = next(r for r in floor["rows"] if r["tasks"] == "all")
+    eager = next(r for r in floor["rows"] if r["tasks"] == "eager floor")
+    assert 0 < total["floor_s"] < eager["floor_s"] < total["fast_s"]
