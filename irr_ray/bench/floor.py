@@ -8,7 +8,8 @@ the judge, probes, samplers). A path that does the same matmuls cannot take less
 
 even if everything else cost nothing. So ``plain seconds / floor`` is the largest speed-up over the
 plain path that any path doing these FLOPs could reach — a bound, not an estimate: only fewer FLOPs
-(fewer or smaller forwards) can go past it.
+(fewer or smaller forwards) can go past it, or a lower precision, which changes the numbers the
+attack's choices are made from.
 
 * FLOPs are counted by torch's own :class:`torch.utils.flop_counter.FlopCounterMode` (2·m·k·n per
   matmul, forward and backward; attention by its QKᵀ and PV products). Torch's table lacks the CPU
@@ -19,7 +20,9 @@ plain path that any path doing these FLOPs could reach — a bound, not an estim
   PyTorch kernel where it is dispatched (:class:`KernelTimer`, view and other metadata ops left
   out) and splits the time into matmul kernels and the rest; ``1 + rest ÷ matmul`` scales the
   matmul floor to the floor of an eager path that runs the same kernels with no Python, framework,
-  tokeniser, judge, probe or sampler time at all.
+  tokeniser, judge, probe or sampler time at all. The scaling shrinks the rest along with the
+  matmuls down to the peak, though memory-bound kernels would not speed up with them: it errs low,
+  i.e. towards a larger reachable speed-up.
 * The peak is measured, not taken from a datasheet: the best of repeated single-threaded float32
   ``F.linear`` calls at the model's own shapes and at a large square one
   (:func:`peak_matmul_gflops`), i.e. what this core's BLAS reaches at all.
