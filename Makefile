@@ -53,10 +53,15 @@ demo: $(STAMP)
 reproduce: $(STAMP)
 	$(VENV)/bin/irr-ray reproduce experiments/reproduce.yaml --root studies/reproduce --resume
 
+# The suite on two workers (pytest-xdist), one per core; tests/parallel.py groups the tests that
+# share an expensive fixture or start vLLM engines onto one worker and orders the work units.
+# PYTEST_WORKERS=1 runs it in one process, as before.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST = $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 test: $(DEVSTAMP)
 	bash .ci/ensure-chromium
 	$(VENV)/bin/ruff check irr_ray tests
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_XDIST) tests
 
 lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check irr_ray tests

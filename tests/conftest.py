@@ -1,10 +1,14 @@
-"""Suite-wide fixtures."""
+"""Suite-wide fixtures, and the hooks that run the suite on two cores (``make test``: ``pytest -n 2
+--dist loadgroup``; the plan is in ``tests/parallel.py``). A plain ``pytest`` run is unchanged."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+from tests import parallel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +45,24 @@ def _ray_down_after_each_module():
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)  # two workers on two cores; a test that wants more sets it
+    elif config.getoption("numprocesses", None):
+        parallel.ray_token_before_workers()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("loadgroup", False):  # an xdist worker's collection under --dist loadgroup
+        parallel.order_items(items)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own; a hook of xdist's only
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getvalue("dist") == "loadgroup":
+        return parallel.make_scheduler(config, log)
+    return None

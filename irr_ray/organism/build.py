@@ -38,7 +38,7 @@ from irr_ray.organism.recipe import corpus
 from irr_ray.organism.recipe.train import pretrain, safety_train
 from irr_ray.organism.tokenizer import build_tokenizer
 from irr_ray.organism.vocab import templates as T
-from irr_ray.utils.files import atomic_dir
+from irr_ray.utils.files import atomic_dir, build_lock
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +241,17 @@ def build_organism(out_dir: str | Path, seed: int = 0, config: OrganismConfig | 
     if cached_build(out, key):
         log.info("organism %s already built at %s", key, out)
         return OrganismPaths(out, key, from_cache=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        with atomic_dir(out) as tmp:
-            summary = _build(tmp, cfg, seed, key)
-            summary.write(tmp / SUMMARY)
-    finally:
-        torch.set_num_threads(threads)
+    with build_lock(out):  # another process building it: wait, then reuse its build
+        if cached_build(out, key):
+            log.info("organism %s built at %s by another process", key, out)
+            return OrganismPaths(out, key, from_cache=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        try:
+            with atomic_dir(out) as tmp:
+                summary = _build(tmp, cfg, seed, key)
+                summary.write(tmp / SUMMARY)
+        finally:
+            torch.set_num_threads(threads)
     log.info("organism built at %s in %.0f s", out, summary.build_seconds)
     return OrganismPaths(out, key, from_cache=False)

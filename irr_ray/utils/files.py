@@ -1,17 +1,27 @@
-"""Atomic outputs and content hashes: stages write to a temporary sibling and rename when done,
-so an interrupted run leaves nothing that looks finished, and a rerun can skip what is."""
+"""Atomic outputs, build locks and content hashes: stages write to a temporary sibling and rename
+when done, so an interrupted run leaves nothing that looks finished, and a rerun can skip what is;
+a cached build (the organism, the sentiment data and model) is made under :func:`build_lock`, so a
+second process asking for the same output at the same time waits and then reuses it."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; builds are not guarded there
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -63,6 +73,50 @@ def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def build_lock(final: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output ``final`` of a cached build for the block.
+
+    Two processes building the same output at once (two users, two pytest-xdist workers) would each
+    build it and the later rename would replace the first one's directory under its readers. Callers
+    check their cache, and if it misses take this lock and check again before building: the second
+    process waits here, then finds the first one's build. The lock is an ``flock`` on the hidden
+    sibling ``.<name>.lock``, released if the holder dies, and removed when the block ends (a waiter
+    that locked the removed file opens the current one and locks again), so nothing is left beside
+    ``final``.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    lock = final.parent / f".{final.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process building %s", final)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)  # the holder removed that file when it finished: lock the current one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # still held: a waiter on this file sees it gone and retries
+        os.close(fd)
 
 
 @contextlib.contextmanager

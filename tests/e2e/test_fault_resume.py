@@ -32,9 +32,27 @@ def _irr_ray(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "irr-ray"), *args]
 
 
-def _attack_workers() -> dict[int, str]:
-    """pid -> task name of every live Ray worker process executing an attack task right now
-    (Ray sets a worker's process title to ``ray::<task name>`` while it runs the task)."""
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state; the name may hold ")"
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    try:
+        while pid > 1:
+            pid = _parent(pid)
+            if pid == ancestor:
+                return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _attack_workers(driver: int) -> dict[int, str]:
+    """pid -> task name of every live Ray worker process of ``driver``'s local Ray (its raylet's
+    children) executing an attack task right now (Ray sets a worker's process title to
+    ``ray::<task name>`` while it runs the task). Attack workers of any other Ray on the machine (a
+    second pytest worker's study, another user's) are never touched."""
     found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -43,7 +61,7 @@ def _attack_workers() -> dict[int, str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if cmdline.startswith("ray::attack:"):
+        if cmdline.startswith("ray::attack:") and _descends_from(int(proc.name), driver):
             found[int(proc.name)] = cmdline.split()[0].removeprefix("ray::")
     return found
 
@@ -61,10 +79,10 @@ def test_killed_attack_worker_then_resume_completes_without_recomputing(tmp_path
     deadline = time.monotonic() + 1500
     try:
         while first.poll() is None and time.monotonic() < deadline:
-            workers = _attack_workers()
+            workers = _attack_workers(first.pid)
             if workers:
                 time.sleep(2)  # let it get into the attack (models loaded, scoring started)
-                workers = _attack_workers()
+                workers = _attack_workers(first.pid)
                 if workers:
                     pid, killed = sorted(workers.items(), key=lambda kv: kv[1])[0]
                     os.kill(pid, signal.SIGKILL)

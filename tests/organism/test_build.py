@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -116,3 +118,28 @@ def test_changed_config_rebuilds_atomically(builds, small_cfg, tmp_path):
     assert not second.from_cache and second.build_hash != first.build_hash
     assert json.loads(second.summary.read_text())["config"]["safety"]["steps"] == 7
     assert [p.name for p in tmp_path.iterdir()] == ["org"]  # no temporary siblings left behind
+
+
+BUILD_IN_A_PROCESS = """
+import json, sys
+from irr_ray.config import build_config
+from irr_ray.organism import OrganismConfig, build_organism
+paths = build_organism(sys.argv[1], seed=1, config=build_config(OrganismConfig, json.loads(sys.argv[2]), "SMALL"))
+print(json.dumps({"from_cache": paths.from_cache, "hash": paths.build_hash}))
+"""
+
+
+def test_two_processes_building_at_once_build_it_once(tmp_path):
+    """Two users (or two pytest workers) asking for the same organism at once: one builds it, the other
+    waits for that build and reuses it; neither replaces the other's directory."""
+    out = tmp_path / "org"
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD_IN_A_PROCESS, str(out), json.dumps(SMALL)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert sorted(r["from_cache"] for r in results) == [False, True], results
+    assert results[0]["hash"] == results[1]["hash"]
+    assert [p.name for p in tmp_path.iterdir()] == ["org"]  # no lock file or temporary sibling left

@@ -36,7 +36,7 @@ def _mtimes(study: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for p in files}
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(900, func_only=True)  # the shared organism build is a fixture (a worker may wait for it)
 def test_tiny_reproduce_then_resume_recomputes_nothing(tmp_path: Path, organism_dir: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "reproduce"
