@@ -57,8 +57,9 @@ BUILDS_OF_THEIR_OWN = ("sentiment",)
 # Units that take a minute or more (a fresh-clone `--durations` run), longest first; a unit not named
 # here follows them in collection order. Only the wall time depends on this list.
 SLOW_FIRST = (
-    "sentiment", "tests/e2e/test_ui.py",  # these two without the organism
-    "tests/e2e/test_fault_resume.py", "tests/reproduce/test_reproduce_e2e.py", "tests/train/test_sweep.py",
+    "tests/e2e/test_ui.py",  # without the organism
+    # the first unit with the organism waits for its build; sentiment (no organism) only after it
+    "tests/e2e/test_fault_resume.py", "sentiment", "tests/reproduce/test_reproduce_e2e.py", "tests/train/test_sweep.py",
     "tests/data/test_stage.py", "attack-study", "attack-suite", "tests/data/test_organism.py",
     "tests/attack/test_equivalence.py", "tests/bench/test_stage.py",
 )
