@@ -21,7 +21,7 @@ them meanwhile; not :data:`BUILDS_OF_THEIR_OWN`), then the rest, the long ones f
 (:data:`SLOW_FIRST`).
 
 **Shared state.** The two workers share ``.cache/``: the organism and sentiment builds lock their
-output (:func:`irr_ray.utils.files.build_lock`), so the second worker waits for the first one's
+output (:func:`irr_ray.utils.files.build_once`), so the second worker waits for the first one's
 build and reuses it. Each worker's ``ray.init()`` starts a local instance of its own: Ray joins an
 existing one only through an address (``RAY_ADDRESS``, or the address file a ``ray start`` without
 ``--temp-dir`` writes; ``tests/e2e/local_head.py`` gives its head a temp dir of its own). Ray's token

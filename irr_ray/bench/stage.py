@@ -38,6 +38,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,7 @@ def _compare(a: AttackDoc, b: AttackDoc) -> tuple[list[str], float]:
 
 def run_stage(args: argparse.Namespace) -> int:
     """``irr-ray bench attack --stage --study-dir DIR`` (module docstring)."""
-    from irr_ray.attack.run import K0_JSON, SourceBaseline, attack_model, progress_dir, source_baseline
-    from irr_ray.attack.suite.runner import run_suite_attack
+    from irr_ray.attack.run import K0_JSON, SourceBaseline, progress_dir, source_baseline
     from irr_ray.attack.taskgroup import TRIAL, discover_models
     from irr_ray.study import StudyPaths
 
@@ -155,19 +155,12 @@ def run_stage(args: argparse.Namespace) -> int:
         for i, spec in enumerate(specs):
             order = list(sides) if i % 2 == 0 else list(reversed(sides))
             for side in order:
-                cfg, attacks = sides[side], root / side / "attacks"
                 src = baselines[side] if spec.role == TRIAL else None
-                t0 = time.perf_counter()
-                doc = attack_model(spec.path, study.data, cfg, attacks / spec.name, judge_model=source, source=src)
-                seconds[side][spec.name] = _phases(attacks / spec.name, time.perf_counter() - t0)
-                docs[side][spec.name] = doc
-                for attack in suite:
-                    out = attacks / spec.name / attack
+                for name, out, task in _model_tasks(spec, root / side / "attacks", suite, study.data, source, base,
+                                                    sides[side], src):
                     t0 = time.perf_counter()
-                    docs[side][f"{spec.name}/{attack}"] = run_suite_attack(
-                        attack, spec.path, study.data, cfg, out, judge_model=source, source=src, base_model=base,
-                        dim_dir=attacks / spec.name)
-                    seconds[side][f"{spec.name}/{attack}"] = _phases(out, time.perf_counter() - t0)
+                    docs[side][name] = task()
+                    seconds[side][name] = _phases(out, time.perf_counter() - t0)
             p, f = seconds["plain"][spec.name], seconds["fast"][spec.name]
             print(f"  {spec.name:<28} dim: plain {p['wall']:6.2f}s  fast {f['wall']:6.2f}s  "
                   f"({p['wall'] / max(f['wall'], 1e-9):.2f}x)  K={len(docs['fast'][spec.name].curve) - 1}", flush=True)
@@ -178,6 +171,21 @@ def run_stage(args: argparse.Namespace) -> int:
     return _report(args, specs, suite, seconds, docs, floor)
 
 
+def _model_tasks(spec: Any, attacks: Path, suite: list[str], data: Path, source: str, base: str,
+                 cfg: AttackConfig, src: Any) -> Iterator[tuple[str, Path, Callable[[], AttackDoc]]]:
+    """One model's tasks in order, as (task name, output dir, run it): its ``dim`` attack, then each
+    attack of ``suite`` (which reads dim's directions from its output)."""
+    from irr_ray.attack.run import attack_model
+    from irr_ray.attack.suite.runner import run_suite_attack
+
+    dim_dir = attacks / spec.name
+    yield spec.name, dim_dir, lambda: attack_model(spec.path, data, cfg, dim_dir, judge_model=source, source=src)
+    for attack in suite:
+        out = dim_dir / attack
+        yield f"{spec.name}/{attack}", out, lambda attack=attack, out=out: run_suite_attack(
+            attack, spec.path, data, cfg, out, judge_model=source, source=src, base_model=base, dim_dir=dim_dir)
+
+
 def _count_floor(root: Path, specs: list[Any], suite: list[str], study: Any, source: str, base: str,
                  cfg: AttackConfig) -> dict[str, Any]:
     """``--floor``: the fast side once more, untimed, each task under
@@ -186,8 +194,7 @@ def _count_floor(root: Path, specs: list[Any], suite: list[str], study: Any, sou
     tasks, and the peak in GFLOP/s."""
     from transformers import AutoConfig
 
-    from irr_ray.attack.run import K0_JSON, attack_model, progress_dir, source_baseline
-    from irr_ray.attack.suite.runner import run_suite_attack
+    from irr_ray.attack.run import K0_JSON, progress_dir, source_baseline
     from irr_ray.attack.taskgroup import TRIAL
     from irr_ray.bench.floor import CountedFlops, peak_matmul_gflops
 
@@ -206,14 +213,10 @@ def _count_floor(root: Path, specs: list[Any], suite: list[str], study: Any, sou
     counted("source-k0", c)
     for spec in specs:
         src = baseline if spec.role == TRIAL else None
-        with CountedFlops() as c:
-            attack_model(spec.path, study.data, cfg, attacks / spec.name, judge_model=source, source=src)
-        counted(spec.name, c)
-        for attack in suite:
+        for name, _, task in _model_tasks(spec, attacks, suite, study.data, source, base, cfg, src):
             with CountedFlops() as c:
-                run_suite_attack(attack, spec.path, study.data, cfg, attacks / spec.name / attack, judge_model=source,
-                                 source=src, base_model=base, dim_dir=attacks / spec.name)
-            counted(f"{spec.name}/{attack}", c)
+                task()
+            counted(name, c)
         print(f"  {spec.name:<28} {sum(v for k, v in gflop.items() if k.split('/')[0] == spec.name):8.1f} GFLOP",
               flush=True)
     mc = AutoConfig.from_pretrained(source)

@@ -38,7 +38,7 @@ from irr_ray.organism.recipe import corpus
 from irr_ray.organism.recipe.train import pretrain, safety_train
 from irr_ray.organism.tokenizer import build_tokenizer
 from irr_ray.organism.vocab import templates as T
-from irr_ray.utils.files import atomic_dir, build_lock
+from irr_ray.utils.files import atomic_dir, build_once
 
 log = logging.getLogger(__name__)
 
@@ -233,25 +233,28 @@ def _build(out: Path, cfg: OrganismConfig, seed: int, key: str) -> OrganismSumma
     )
 
 
+def _build_with_threads(out: Path, cfg: OrganismConfig, seed: int, key: str) -> OrganismSummary:
+    """:func:`_build` into ``out`` (atomically) on ``cfg.threads`` torch threads; the summary written."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        with atomic_dir(out) as tmp:
+            summary = _build(tmp, cfg, seed, key)
+            summary.write(tmp / SUMMARY)
+    finally:
+        torch.set_num_threads(threads)
+    return summary
+
+
 def build_organism(out_dir: str | Path, seed: int = 0, config: OrganismConfig | None = None) -> OrganismPaths:
     """Build the organism into ``out_dir`` (module docstring), or return the cached build."""
     cfg = config or OrganismConfig()
     out = Path(out_dir).resolve()
     key = build_key(cfg, seed)
-    if cached_build(out, key):
+    summary, found = build_once(out, lambda: True if cached_build(out, key) else None,
+                                lambda: _build_with_threads(out, cfg, seed, key))
+    if found:
         log.info("organism %s already built at %s", key, out)
         return OrganismPaths(out, key, from_cache=True)
-    with build_lock(out):  # another process building it: wait, then reuse its build
-        if cached_build(out, key):
-            log.info("organism %s built at %s by another process", key, out)
-            return OrganismPaths(out, key, from_cache=True)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(cfg.threads)
-        try:
-            with atomic_dir(out) as tmp:
-                summary = _build(tmp, cfg, seed, key)
-                summary.write(tmp / SUMMARY)
-        finally:
-            torch.set_num_threads(threads)
     log.info("organism built at %s in %.0f s", out, summary.build_seconds)
     return OrganismPaths(out, key, from_cache=False)

@@ -34,7 +34,7 @@ import pandas as pd
 from irr_ray.config import config_dict, stable_hash
 from irr_ray.errors import DataValidationError, IrrRayError
 from irr_ray.sentiment.config import SentimentDataConfig
-from irr_ray.utils.files import atomic_dir, build_lock, file_sha256, write_json_atomic
+from irr_ray.utils.files import atomic_dir, build_once, file_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -247,35 +247,35 @@ def build_sentiment_data(cfg: SentimentDataConfig, out_dir: str | Path) -> dict[
     return the manifest. A finished build with the same config is returned without recomputing."""
     out = Path(out_dir).expanduser().resolve()
     key = _cache_key(cfg)
-    manifest = cached_manifest(out, key)
-    if manifest is not None:
+    manifest, found = build_once(out, lambda: cached_manifest(out, key), lambda: _write_data(cfg, out, key))
+    if found:
         log.info("sentiment data: cached at %s (key %s)", out, key)
         return manifest
-    with build_lock(out):  # another process building it: wait, then reuse its build
-        manifest = cached_manifest(out, key)
-        if manifest is not None:
-            log.info("sentiment data: built at %s by another process (key %s)", out, key)
-            return manifest
-        if cfg.source == "local":
-            splits = split_holdout(generate_local_reviews(cfg), cfg.holdout_fraction, cfg.seed)
-        else:
-            splits = load_imdb(cfg)
-        splits = {name: validate_split(df, f"{cfg.source}:{name}") for name, df in splits.items()}
-        with atomic_dir(out) as tmp:
-            files = {}
-            for name, df in splits.items():
-                df.to_parquet(tmp / f"{name}.parquet", index=False)
-                files[f"{name}.parquet"] = file_sha256(tmp / f"{name}.parquet")
-            manifest = {
-                "key": key,
-                "source": cfg.source,
-                "config": config_dict(cfg),
-                "counts": {name: {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
-                           for name, df in splits.items()},
-                "files": files,
-            }
-            write_json_atomic(tmp / "manifest.json", manifest)
     log.info("sentiment data: wrote %s (%s)", out, manifest["counts"])
+    return manifest
+
+
+def _write_data(cfg: SentimentDataConfig, out: Path, key: str) -> dict[str, Any]:
+    """Generate or load the splits, validate them and write them with their manifest (atomically)."""
+    if cfg.source == "local":
+        splits = split_holdout(generate_local_reviews(cfg), cfg.holdout_fraction, cfg.seed)
+    else:
+        splits = load_imdb(cfg)
+    splits = {name: validate_split(df, f"{cfg.source}:{name}") for name, df in splits.items()}
+    with atomic_dir(out) as tmp:
+        files = {}
+        for name, df in splits.items():
+            df.to_parquet(tmp / f"{name}.parquet", index=False)
+            files[f"{name}.parquet"] = file_sha256(tmp / f"{name}.parquet")
+        manifest = {
+            "key": key,
+            "source": cfg.source,
+            "config": config_dict(cfg),
+            "counts": {name: {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
+                       for name, df in splits.items()},
+            "files": files,
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
     return manifest
 
 

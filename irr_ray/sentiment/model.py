@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from irr_ray.config import config_dict, stable_hash
 from irr_ray.errors import IrrRayError
 from irr_ray.sentiment.config import SentimentModelConfig
-from irr_ray.utils.files import atomic_dir, build_lock, tree_sha256, write_json_atomic
+from irr_ray.utils.files import atomic_dir, build_once, tree_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,38 +138,40 @@ def build_local_model(cfg: SentimentModelConfig, data_dir: str | Path, out_dir: 
 
     Cached: a directory whose ``build.json`` holds the same key is returned without training.
     """
+
+
+    data_dir, out = Path(data_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    key = _build_key(cfg, data_dir)
+    info, found = build_once(out, lambda: _cached_model(out, key), lambda: _train_and_write(cfg, data_dir, out, key))
+    if found:
+        log.info("sentiment model: cached at %s (key %s)", out, key)
+        return info
+    log.info("sentiment model: wrote %s (%d params, %.1fs)", out, info["parameters"], info["build_seconds"])
+    return info
+
+
+def _train_and_write(cfg: SentimentModelConfig, data_dir: Path, out: Path, key: str) -> dict[str, Any]:
+    """Pretrain the local model on the train split's texts and write it with ``build.json`` (atomically)."""
     from transformers import GPT2LMHeadModel
 
     from irr_ray.sentiment.data import read_split
 
-    data_dir, out = Path(data_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
-    key = _build_key(cfg, data_dir)
-    cached = _cached_model(out, key)
-    if cached is not None:
-        log.info("sentiment model: cached at %s (key %s)", out, key)
-        return cached
-    with build_lock(out):  # another process building it: wait, then reuse its build
-        cached = _cached_model(out, key)
-        if cached is not None:
-            log.info("sentiment model: built at %s by another process (key %s)", out, key)
-            return cached
-        texts = read_split(data_dir, "train")["text"].tolist()
-        t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed)
-        tokenizer = prepare_tokenizer(build_tokenizer(texts))
-        model = GPT2LMHeadModel(_gpt2_config(cfg, tokenizer))
-        losses = _pretrain(model, _batches(tokenizer, texts, cfg, cfg.seed), cfg)
-        seconds = time.perf_counter() - t0
-        info = {
-            "key": key, "config": config_dict(cfg), "data_dir": str(data_dir), "vocab_size": len(tokenizer),
-            "parameters": sum(p.numel() for p in model.parameters()), "epoch_lm_loss": losses,
-            "build_seconds": round(seconds, 2), "threads": torch.get_num_threads(),
-        }
-        with atomic_dir(out) as tmp:
-            model.eval().save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            write_json_atomic(tmp / "build.json", info)
-    log.info("sentiment model: wrote %s (%d params, %.1fs)", out, info["parameters"], seconds)
+    texts = read_split(data_dir, "train")["text"].tolist()
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    tokenizer = prepare_tokenizer(build_tokenizer(texts))
+    model = GPT2LMHeadModel(_gpt2_config(cfg, tokenizer))
+    losses = _pretrain(model, _batches(tokenizer, texts, cfg, cfg.seed), cfg)
+    seconds = time.perf_counter() - t0
+    info = {
+        "key": key, "config": config_dict(cfg), "data_dir": str(data_dir), "vocab_size": len(tokenizer),
+        "parameters": sum(p.numel() for p in model.parameters()), "epoch_lm_loss": losses,
+        "build_seconds": round(seconds, 2), "threads": torch.get_num_threads(),
+    }
+    with atomic_dir(out) as tmp:
+        model.eval().save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "build.json", info)
     return info
 
 

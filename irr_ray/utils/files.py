@@ -1,7 +1,8 @@
 """Atomic outputs, build locks and content hashes: stages write to a temporary sibling and rename
 when done, so an interrupted run leaves nothing that looks finished, and a rerun can skip what is;
-a cached build (the organism, the sentiment data and model) is made under :func:`build_lock`, so a
-second process asking for the same output at the same time waits and then reuses it."""
+a cached build (the organism, the sentiment data and model) is made through :func:`build_once`
+(under :func:`build_lock`), so a second process asking for the same output at the same time waits
+and then reuses it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import fcntl
@@ -22,6 +23,8 @@ except ImportError:  # Windows: no advisory locks; builds are not guarded there
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -145,3 +148,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def build_once(final: str | Path, cached: Callable[[], T | None], build: Callable[[], T]) -> tuple[T, bool]:
+    """``(cached(), True)`` when ``final`` already holds the build, else ``(build(), False)`` under
+    :func:`build_lock`, with the cache checked again once the lock is held (another process may have
+    built it meanwhile: then ``(cached(), True)``). ``cached`` returns None on a miss."""
+    found = cached()
+    if found is not None:
+        return found, True
+    with build_lock(final):
+        found = cached()
+        if found is not None:
+            return found, True
+        return build(), False
